@@ -1,0 +1,103 @@
+"""JSON-RPC 2.0 envelopes, decoded by msgspec with ``params``/``result`` kept raw.
+
+One ``Message`` Struct covers requests, notifications and responses: a missing
+``id`` is ``UNSET`` (a notification), which is different from ``id: null``.
+Only the envelope is decoded; ``params``, ``result`` and ``error`` stay as the
+bytes the peer sent (``msgspec.Raw``) so that they pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from gateway.errors import InvalidRequest, ParseError
+
+__all__ = [
+    "UNSET",
+    "Message",
+    "Raw",
+    "decode_message",
+    "decode_any",
+    "encode",
+    "is_request",
+    "is_notification",
+    "is_response",
+    "response_bytes",
+    "error_response_bytes",
+]
+
+RequestId = int | str | None
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """Any JSON-RPC message: request, notification, success or error response."""
+
+    jsonrpc: str = "2.0"
+    id: int | str | None | UnsetType = UNSET
+    method: str | UnsetType = UNSET
+    params: Raw | UnsetType = UNSET
+    result: Raw | UnsetType = UNSET
+    error: Raw | UnsetType = UNSET
+
+
+_message_decoder = msgspec.json.Decoder(Message)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one JSON-RPC message, raising ParseError / InvalidRequest.
+
+    A JSON array (batch) is reported as InvalidRequest with reason ``batch``;
+    the caller decides whether its protocol version allows batches.
+    """
+    try:
+        msg = _message_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        stripped = data.lstrip()
+        if stripped[:1] == b"[":
+            raise InvalidRequest("JSON-RPC batches are not supported", reason="batch") from None
+        raise InvalidRequest(f"not a JSON-RPC message: {exc}") from None
+    except msgspec.DecodeError:
+        raise ParseError("body is not valid JSON") from None
+    if msg.jsonrpc != "2.0":
+        raise InvalidRequest('"jsonrpc" must be "2.0"')
+    if msg.method is UNSET and msg.result is UNSET and msg.error is UNSET:
+        raise InvalidRequest("a JSON-RPC message needs a method, a result or an error")
+    return msg
+
+
+def decode_any(data: bytes | Raw) -> Any:
+    """Decode free-form JSON (a Raw field, for example) to Python objects."""
+    return _any_decoder.decode(data)
+
+
+def is_request(msg: Message) -> bool:
+    """True for a request (has a method and an id)."""
+    return msg.method is not UNSET and msg.id is not UNSET
+
+
+def is_notification(msg: Message) -> bool:
+    """True for a notification (a method and no id)."""
+    return msg.method is not UNSET and msg.id is UNSET
+
+
+def is_response(msg: Message) -> bool:
+    """True for a response (no method)."""
+    return msg.method is UNSET
+
+
+def response_bytes(request_id: RequestId, result: Raw | bytes) -> bytes:
+    """A success response carrying ``result`` bytes unchanged."""
+    raw = result if isinstance(result, Raw) else Raw(result)
+    return _encoder.encode(Message(id=request_id, result=raw))
+
+
+def error_response_bytes(request_id: RequestId, error: Raw | bytes) -> bytes:
+    """An error response carrying a backend's ``error`` object unchanged."""
+    raw = error if isinstance(error, Raw) else Raw(error)
+    return _encoder.encode(Message(id=request_id, error=raw))
