@@ -1,0 +1,125 @@
+"""The gateway as one object: backends, catalog, sessions and the MCP front,
+wired together and started and stopped in the right order.
+
+``Gateway`` is the ``App`` the HTTP server calls (``await gateway(request, reply)``).
+Backend events flow upward through it: a backend's ``list_changed`` or a change
+of its state refreshes that backend's part of the catalog, and a changed
+aggregate is announced to clients on their GET streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.backends import Backend, BackendState, create_backend
+from gateway.config import Config
+from gateway.mcp.catalog import CHANGE_NOTIFICATIONS, Catalog
+from gateway.mcp.front import McpFront
+from gateway.mcp.jsonrpc import Message, encode
+from gateway.mcp.sessions import Session, SessionStore
+from gateway.server.api import Reply, Request
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("gateway")
+
+# Aggregate list method -> the notification clients get when it changes.
+_CHANGED_NOTIFICATION = {
+    "tools/list": "notifications/tools/list_changed",
+    "prompts/list": "notifications/prompts/list_changed",
+    "resources/list": "notifications/resources/list_changed",
+    "resources/templates/list": "notifications/resources/list_changed",
+}
+
+
+class Gateway:
+    """Everything behind the listener, built from one ``Config``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        timeout = config.gateway.request_timeout
+        self.backends: dict[str, Backend] = {
+            name: create_backend(name, bc, default_timeout=timeout)
+            for name, bc in config.backends.items()
+            if bc.enabled
+        }
+        self.sessions = SessionStore(config.server.session_idle_timeout, on_end=self._session_ended)
+        self.catalog = Catalog(
+            self.backends,
+            separator=config.gateway.separator,
+            passthrough=config.gateway.passthrough,
+            page_size=config.gateway.page_size,
+            list_timeout=config.gateway.list_timeout,
+            on_change=self._catalog_changed,
+        )
+        self.front = McpFront(config, self.catalog, self.sessions)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        for backend in self.backends.values():
+            backend.on_notification = self._backend_notification
+            backend.on_state_change = self._backend_state_changed
+
+    async def __call__(self, request: Request, reply: Reply) -> None:
+        """The ``App`` contract: hand the request to the MCP front."""
+        await self.front(request, reply)
+
+    async def start(self) -> None:
+        """Start every backend (a failing one does not stop the others), then build the catalog."""
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+        self._started = True
+        await self.catalog.refresh()
+        self.sessions.start_sweeper()
+        for backend in self.backends.values():
+            if backend.state is not BackendState.READY:
+                log.warning("backend %r is %s: %s", backend.name, backend.state.value, backend.last_error)
+
+    async def stop(self) -> None:
+        """End sessions, stop background work and every backend."""
+        self._started = False
+        await self.sessions.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
+
+    def status(self) -> list[tuple[str, str, str | None]]:
+        """``(name, state, last_error)`` per backend, for the CLI and logs."""
+        return [(b.name, b.state.value, b.last_error) for b in self.backends.values()]
+
+    # -- events from backends ----------------------------------------------------------------
+
+    def _backend_notification(self, backend: Backend, session_key: str | None, msg: Message) -> None:
+        methods = CHANGE_NOTIFICATIONS.get(msg.method)  # type: ignore[arg-type]
+        if methods is not None:
+            self._spawn(self.catalog.refresh([backend.name], methods))
+
+    def _backend_state_changed(self, backend: Backend) -> None:
+        log.info("backend %r is now %s%s", backend.name, backend.state.value,
+                 f" ({backend.last_error})" if backend.last_error else "")
+        if self._started:
+            self._spawn(self.catalog.refresh([backend.name]))
+
+    def _catalog_changed(self, methods: set[str]) -> None:
+        for method in sorted({_CHANGED_NOTIFICATION[m] for m in methods}):
+            self.front.broadcast(encode(Message(method=method)))
+
+    def _session_ended(self, session: Session) -> None:
+        for backend in self.backends.values():
+            if backend.config.session == "per-client":
+                self._spawn(backend.release(session.id))
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        """Run slow-path work in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(coro) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed")

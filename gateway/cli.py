@@ -1,0 +1,120 @@
+"""The ``mcp-gateway`` command.
+
+    mcp-gateway serve [--config FILE] [--host HOST] [--port PORT]
+    mcp-gateway check FILE
+
+``FILE`` is a TOML config or a Claude/Cursor style ``mcp.json``. ``serve`` with
+no config runs the bundled demo. ``--port 0`` picks a free port; the address
+is printed on one line, ``mcp-gateway listening on http://HOST:PORT/PATH``,
+so scripts can find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import msgspec
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, describe, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-gateway", description="One MCP endpoint in front of many MCP servers.")
+    parser.add_argument("--version", action="version", version=f"mcp-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (the bundled demo when no --config is given)")
+    serve.add_argument("--config", "-c", metavar="FILE", help="TOML config or mcp.json")
+    serve.add_argument("--host", help="address to listen on (overrides the config)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check", help="validate a config file and print what would run")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.file)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from gateway.server.listener import install_uvloop
+
+    install_uvloop()
+    try:
+        return asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(config))
+    return 0
+
+
+def _overrides(config: Config, host: str | None, port: int | None) -> Config:
+    server = config.server
+    if host is not None:
+        server = msgspec.structs.replace(server, host=host)
+    if port is not None:
+        server = msgspec.structs.replace(server, port=port)
+    return msgspec.structs.replace(config, server=server)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.server.listener import Server
+
+    demo_proc = None
+    try:
+        if args.config:
+            config = load_config(args.config)
+        else:
+            from gateway.demo import DemoUnavailable, start_demo
+
+            try:
+                config, demo_proc = await start_demo(Config().server)
+            except DemoUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print("no --config given: running the bundled demo (backends 'notes' over stdio, 'time' over HTTP)")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = _overrides(config, args.host, args.port)
+    gateway = Gateway(config)
+    await gateway.start()
+    server = Server(gateway, config.server)
+    try:
+        host, port = await server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
+        await gateway.stop()
+        return 1
+    for name, state, error in gateway.status():
+        print(f"backend {name}: {state}" + (f" ({error})" if error else ""))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"mcp-gateway listening on http://{shown}:{port}{config.server.path}", flush=True)
+    try:
+        await server.serve_until_signal()
+    finally:
+        await gateway.stop()
+        if demo_proc is not None and demo_proc.returncode is None:
+            demo_proc.terminate()
+            await demo_proc.wait()
+    return 0

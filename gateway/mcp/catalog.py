@@ -1,0 +1,225 @@
+"""The aggregated catalog: every backend's tools, prompts, resources and
+resource templates under namespaces, with the routing table built from them.
+
+The catalog is slow-path state. Lists are fetched from backends (all of their
+pages) when the gateway starts, when a backend announces ``list_changed``, and
+when a backend goes up or down. Each rebuild makes a new immutable
+``CatalogSnapshot`` (routing table + pre-encoded result pages) and swaps one
+reference, so a request in flight keeps the snapshot it started with and a
+list request costs one dict lookup and a slice.
+
+Order is deterministic: backends sorted by name, each backend's items in the
+order the backend gave them. A backend that is down or fails to list is left
+out of the aggregate (and logged); the others are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from gateway._fast import Router, prefix_uri
+from gateway.backends.base import Backend, BackendState
+from gateway.errors import GatewayError, InvalidParams
+from gateway.mcp.jsonrpc import UNSET, Raw, decode_any, encode
+from gateway.mcp.names import expose_name
+
+__all__ = ["LIST_METHODS", "Catalog", "CatalogSnapshot"]
+
+log = logging.getLogger("gateway.catalog")
+
+# list method -> (result key, field that carries the name or URI, capability)
+LIST_METHODS: dict[str, tuple[str, str, str]] = {
+    "tools/list": ("tools", "name", "tools"),
+    "prompts/list": ("prompts", "name", "prompts"),
+    "resources/list": ("resources", "uri", "resources"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate", "resources"),
+}
+
+# Notification -> the list methods it invalidates.
+CHANGE_NOTIFICATIONS: dict[str, tuple[str, ...]] = {
+    "notifications/tools/list_changed": ("tools/list",),
+    "notifications/prompts/list_changed": ("prompts/list",),
+    "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
+}
+
+_MAX_BACKEND_PAGES = 100  # a backend that paginates forever is cut off here
+_CURSOR_PREFIX = b"gw1:"
+
+
+def encode_cursor(offset: int) -> str:
+    """An opaque cursor for the page starting at ``offset``."""
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(offset).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    """The offset in a cursor made by ``encode_cursor``; InvalidParams otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode())
+        if raw.startswith(_CURSOR_PREFIX):
+            offset = int(raw[len(_CURSOR_PREFIX) :])
+            if offset >= 0:
+                return offset
+    except (ValueError, TypeError):
+        pass
+    raise InvalidParams("invalid pagination cursor", reason="invalid_cursor")
+
+
+class CatalogSnapshot:
+    """One immutable view of the aggregate: routing table and encoded pages."""
+
+    __slots__ = ("router", "items", "_pages", "page_size", "generation")
+
+    def __init__(self, router: Router, items: dict[str, list[dict[str, Any]]], page_size: int, generation: int) -> None:
+        self.router = router
+        self.items = items
+        self.page_size = page_size
+        self.generation = generation
+        self._pages = {method: self._encode_pages(method, page_size) for method in LIST_METHODS}
+
+    def _encode_pages(self, method: str, page_size: int) -> list[bytes]:
+        key = LIST_METHODS[method][0]
+        items = self.items.get(method, [])
+        pages = []
+        for start in range(0, max(len(items), 1), page_size):
+            result: dict[str, Any] = {key: items[start : start + page_size]}
+            if start + page_size < len(items):
+                result["nextCursor"] = encode_cursor(start + page_size)
+            pages.append(encode(result))
+        return pages
+
+    def page(self, method: str, cursor: str | None) -> bytes:
+        """The encoded result of ``method`` for ``cursor`` (None: the first page)."""
+        pages = self._pages[method]
+        if cursor is None:
+            return pages[0]
+        offset = decode_cursor(cursor)
+        index, rest = divmod(offset, self.page_size)
+        if rest or index >= len(pages):
+            raise InvalidParams("pagination cursor out of range", reason="invalid_cursor")
+        return pages[index]
+
+
+class Catalog:
+    """Fetches backends' lists and keeps the current ``CatalogSnapshot``.
+
+    ``on_change(methods)`` is called after a rebuild with the list methods whose
+    aggregate changed, so the front can send ``list_changed`` to clients.
+    """
+
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        *,
+        separator: str = "__",
+        passthrough: bool = False,
+        page_size: int = 100,
+        list_timeout: float = 5.0,
+        on_change: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.backends = backends
+        self.separator = separator
+        self.passthrough = passthrough
+        self.page_size = page_size
+        self.list_timeout = list_timeout
+        self.on_change = on_change
+        # backend name -> list method -> that backend's own items (unprefixed)
+        self._fetched: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self.snapshot = self._build()
+
+    async def refresh(self, names: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> None:
+        """Refetch ``methods`` (default all) of backends ``names`` (default all) and rebuild."""
+        names = list(self.backends) if names is None else list(names)
+        methods = list(LIST_METHODS) if methods is None else list(methods)
+        async with self._lock:
+            await asyncio.gather(*(self._fetch_backend(self.backends[n], methods) for n in names))
+            old = self.snapshot
+            self.snapshot = self._build()
+            changed = {m for m in LIST_METHODS if old.items.get(m) != self.snapshot.items.get(m)}
+        if changed and self.on_change is not None:
+            self.on_change(changed)
+
+    async def _fetch_backend(self, backend: Backend, methods: list[str]) -> None:
+        fetched = self._fetched.setdefault(backend.name, {})
+        if backend.state is not BackendState.READY:
+            fetched.clear()
+            return
+        capabilities = (backend.server_info or {}).get("capabilities") or {}
+        for method in methods:
+            if LIST_METHODS[method][2] not in capabilities:
+                fetched.pop(method, None)
+                continue
+            try:
+                fetched[method] = await self._fetch_all_pages(backend, method)
+            except (GatewayError, asyncio.TimeoutError, ValueError, msgspec.DecodeError) as exc:
+                log.warning("backend %r: %s failed, its items are left out: %s", backend.name, method, exc)
+                fetched.pop(method, None)
+
+    async def _fetch_all_pages(self, backend: Backend, method: str) -> list[dict[str, Any]]:
+        key = LIST_METHODS[method][0]
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(_MAX_BACKEND_PAGES):
+            params = Raw(encode({"cursor": cursor})) if cursor else UNSET
+            msg = await backend.request(method, params, timeout=self.list_timeout)
+            if msg.result is UNSET:
+                raise ValueError(f"error result: {bytes(msg.error) if msg.error is not UNSET else b'?'!r}")
+            result = decode_any(msg.result)
+            page = result.get(key) if isinstance(result, dict) else None
+            if not isinstance(page, list):
+                raise ValueError(f"result has no {key!r} list")
+            items.extend(item for item in page if isinstance(item, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                return items
+        log.warning("backend %r: %s has more than %d pages; truncated", backend.name, method, _MAX_BACKEND_PAGES)
+        return items
+
+    def _build(self) -> CatalogSnapshot:
+        self._generation += 1
+        order = sorted(self.backends)
+        if self.passthrough:
+            return self._build_passthrough(order[0] if order else None)
+        router = Router()
+        items: dict[str, list[dict[str, Any]]] = {m: [] for m in LIST_METHODS}
+        taken_tools: set[str] = set()
+        taken_prompts: set[str] = set()
+        for name in order:
+            backend = self.backends[name]
+            namespace = backend.config.namespace or name
+            router.add_namespace(namespace, backend)
+            fetched = self._fetched.get(name, {})
+            for tool in fetched.get("tools/list", ()):
+                exposed = expose_name(namespace, str(tool.get("name", "")), self.separator, taken_tools)
+                router.add_tool(exposed, backend, tool.get("name", ""))
+                items["tools/list"].append({**tool, "name": exposed})
+            for prompt in fetched.get("prompts/list", ()):
+                exposed = expose_name(namespace, str(prompt.get("name", "")), self.separator, taken_prompts)
+                router.add_prompt(exposed, backend, prompt.get("name", ""))
+                items["prompts/list"].append({**prompt, "name": exposed})
+            for res in fetched.get("resources/list", ()):
+                items["resources/list"].append({**res, "uri": prefix_uri(namespace, str(res.get("uri", "")))})
+            for tpl in fetched.get("resources/templates/list", ()):
+                uri_template = prefix_uri(namespace, str(tpl.get("uriTemplate", "")))
+                items["resources/templates/list"].append({**tpl, "uriTemplate": uri_template})
+        return CatalogSnapshot(router, items, self.page_size, self._generation)
+
+    def _build_passthrough(self, name: str | None) -> CatalogSnapshot:
+        backend = self.backends[name] if name is not None else None
+        router = Router(passthrough=backend)
+        fetched = self._fetched.get(name, {}) if name is not None else {}
+        items = {m: list(fetched.get(m, ())) for m in LIST_METHODS}
+        for kind, add in (("tools/list", router.add_tool), ("prompts/list", router.add_prompt)):
+            for item in items[kind]:
+                try:
+                    add(str(item.get("name", "")), backend, str(item.get("name", "")))
+                except ValueError:
+                    log.warning("backend %r lists %r twice; the first one wins", name, item.get("name"))
+        return CatalogSnapshot(router, items, self.page_size, self._generation)

@@ -1,0 +1,141 @@
+"""Front sessions of the handshake era (``Mcp-Session-Id``).
+
+A session is created by ``initialize`` and lives until DELETE or until it has
+been idle longer than ``session_idle_timeout``. It records what the client
+negotiated (protocol version, capabilities) and holds the client's GET stream,
+on which server notifications such as ``list_changed`` are sent.
+
+The stateless era (2026-07-28) has no session: the front builds a
+``RequestContext`` for every request from ``MCP-Protocol-Version`` and
+``_meta``, with ``session=None``. Everything below the front (routing,
+backends, policy) reads the context, never the session directly, so the two
+eras share one request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.server.api import Reply
+
+__all__ = ["RequestContext", "Session", "SessionStore"]
+
+
+class Session:
+    """One handshake-era client session."""
+
+    __slots__ = ("id", "protocol_version", "client_capabilities", "client_info", "last_seen", "stream", "initialized")
+
+    def __init__(self, session_id: str, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> None:
+        self.id = session_id
+        self.protocol_version = protocol_version
+        self.client_capabilities = capabilities
+        self.client_info = client_info
+        self.last_seen = time.monotonic()
+        # The client's GET stream (at most one): where notifications go.
+        self.stream: Reply | None = None
+        self.initialized = False
+
+
+class RequestContext:
+    """What the layers below the front know about one request's client.
+
+    ``session`` is None in the stateless era; ``session_key`` selects a
+    per-client upstream session (the front session id, when there is one).
+    """
+
+    __slots__ = ("era", "protocol_version", "session", "session_key")
+
+    def __init__(self, era: str, protocol_version: str, session: Session | None) -> None:
+        self.era = era
+        self.protocol_version = protocol_version
+        self.session = session
+        self.session_key = session.id if session is not None else None
+
+
+class SessionStore:
+    """Sessions by id, with idle expiry.
+
+    Ids come from ``secrets`` (192 bits, URL-safe), so they cannot be guessed.
+    ``on_end`` is called for every session that ends (DELETE or expiry), so
+    per-client upstream sessions can be released.
+    """
+
+    def __init__(self, idle_timeout: float, on_end: Callable[[Session], None] | None = None) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._idle_timeout = idle_timeout
+        self._on_end = on_end
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._sessions.values()))
+
+    def create(self, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> Session:
+        """Make and store a new session with a cryptographically random id."""
+        session = Session(secrets.token_urlsafe(24), protocol_version, capabilities, client_info)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session with this id (touching its idle clock), or None."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+        return session
+
+    def end(self, session_id: str) -> bool:
+        """End a session (DELETE). Returns False if it did not exist."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self._finish(session)
+        return True
+
+    def start_sweeper(self) -> None:
+        """Start the background task that expires idle sessions."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        """Stop the sweeper and end every session."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for session_id in list(self._sessions):
+            self.end(session_id)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """End sessions idle past the timeout (a session with an open GET stream is not idle)."""
+        now = time.monotonic() if now is None else now
+        stale = [
+            s.id
+            for s in self._sessions.values()
+            if now - s.last_seen > self._idle_timeout and (s.stream is None or s.stream.closed)
+        ]
+        for session_id in stale:
+            self.end(session_id)
+        return len(stale)
+
+    async def _sweep_forever(self) -> None:
+        period = max(1.0, min(60.0, self._idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.expire_idle()
+
+    def _finish(self, session: Session) -> None:
+        stream, session.stream = session.stream, None
+        if stream is not None and not stream.closed:
+            stream.end()
+        if self._on_end is not None:
+            self._on_end(session)
