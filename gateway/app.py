@@ -54,6 +54,7 @@ class Gateway:
             on_change=self._catalog_changed,
         )
         self.front = McpFront(config, self.catalog, self.sessions)
+        self.front.on_backend_notification = self._backend_notification
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         for backend in self.backends.values():

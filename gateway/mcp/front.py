@@ -108,6 +108,9 @@ class McpFront:
         self._allowed_hosts = self._build_allowed_hosts()
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in config.server.allowed_origins)
         self._keepalive = config.server.sse_keepalive
+        # Set by the Gateway: sees every backend notification that arrives inside a
+        # response stream, so a list_changed sent there still refreshes the catalog.
+        self.on_backend_notification: Callable[[Backend, str | None, Message], None] | None = None
         # method -> handler(msg, ctx, reply) returning response bytes, or None when it streamed
         self._handlers: dict[str, Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]]] = {
             "ping": self._ping,
@@ -124,6 +127,9 @@ class McpFront:
         """Answer one HTTP request (the ``App`` contract)."""
         try:
             if request.path != self.path:
+                if request.path == "/healthz" and request.method == "GET":
+                    reply.send(200, _JSON_HEADERS, self._health())
+                    return
                 reply.send(404, _JSON_HEADERS, error_body(None, InvalidRequest("not found", reason="path")))
                 return
             self._check_dns_rebinding(request.headers)
@@ -142,6 +148,11 @@ class McpFront:
         except Exception:  # a bug: log it, never show it
             log.exception("unhandled error answering %s %s", request.method, request.path)
             self._send_error(reply, None, InternalError("internal gateway error"))
+
+    def _health(self) -> bytes:
+        """Liveness for load balancers and container health checks, with each backend's state."""
+        states = {name: b.state.value for name, b in self.catalog.backends.items()}
+        return encode({"status": "ok", "backends": states})
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -314,7 +325,7 @@ class McpFront:
                 raise MethodNotFound(f"method not found: {msg.method}")
             return await handler(msg, ctx, reply)  # type: ignore[arg-type]
         except GatewayError as err:
-            if reply is None or err.http_status == 200 or isinstance(err, BackendTimeout):
+            if reply is None or err.http_status == 200:
                 return error_body(msg.id, err)
             self._send_error(reply, msg.id, err)
             return None
@@ -383,7 +394,7 @@ class McpFront:
         backend, original = route
         params[key] = Raw(encode(original))
         session_key = ctx.session_key if backend.config.session == "per-client" else None
-        stream = _ClientStream(reply, ctx) if reply is not None else None
+        stream = _ClientStream(reply, backend, session_key, self.on_backend_notification) if reply is not None else None
         sink: MessageSink | None = stream.send if stream is not None else None
         try:
             answer = await backend.request(msg.method, Raw(encode(params)), session_key=session_key, sink=sink)  # type: ignore[arg-type]
@@ -474,14 +485,24 @@ class _ClientStream:
     to SSE so it reaches the client before the result.
     """
 
-    __slots__ = ("reply", "ctx", "started")
+    __slots__ = ("reply", "backend", "session_key", "notice", "started")
 
-    def __init__(self, reply: Reply, ctx: RequestContext) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        backend: Backend,
+        session_key: str | None,
+        notice: Callable[[Backend, str | None, Message], None] | None,
+    ) -> None:
         self.reply = reply
-        self.ctx = ctx
+        self.backend = backend
+        self.session_key = session_key
+        self.notice = notice
         self.started = False
 
     def send(self, msg: Message) -> None:
+        if self.notice is not None and msg.id is UNSET:
+            self.notice(self.backend, self.session_key, msg)
         if self.reply.closed:
             return
         if not self.started:

@@ -32,8 +32,12 @@ __all__ = [
 RequestId = int | str | None
 
 
-class Message(msgspec.Struct, omit_defaults=True):
-    """Any JSON-RPC message: request, notification, success or error response."""
+class Message(msgspec.Struct):
+    """Any JSON-RPC message: request, notification, success or error response.
+
+    ``UNSET`` fields are left out when encoding; ``jsonrpc`` is always written.
+    (A peer that omits ``jsonrpc`` is tolerated; a wrong value is rejected.)
+    """
 
     jsonrpc: str = "2.0"
     id: int | str | None | UnsetType = UNSET
