@@ -1,0 +1,26 @@
+"""The compiled hot path, with a pure-Python twin for every module.
+
+The compiled module is used unless ``GATEWAY_NO_EXTENSIONS=1`` is set or the
+interpreter is not CPython; if it is missing (not built), the twin is used and
+``USING_EXTENSIONS`` is False, which a test turns into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+__all__ = ["USING_EXTENSIONS", "Router", "prefix_uri"]
+
+_WANT = os.environ.get("GATEWAY_NO_EXTENSIONS", "") in ("", "0") and platform.python_implementation() == "CPython"
+
+USING_EXTENSIONS = False
+if _WANT:
+    try:
+        from gateway._fast.router import Router, prefix_uri
+
+        USING_EXTENSIONS = True
+    except ImportError:  # not built: the twin keeps the gateway working
+        pass
+if not USING_EXTENSIONS:
+    from gateway._fast._router_py import Router, prefix_uri  # type: ignore[assignment]
