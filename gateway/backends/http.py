@@ -1,0 +1,556 @@
+"""A Streamable HTTP backend: a keep-alive connection pool on the running loop,
+responses parsed by httptools, JSON or SSE.
+
+Every request is one POST. A JSON answer is decoded as one message; an SSE
+answer is parsed as it arrives: messages before the response (progress, log
+lines, server-to-client requests) go to the caller's sink at once, and the
+response to our id ends the request. The backend's ``Mcp-Session-Id`` is kept
+(one upstream session when ``shared``, one per front session when
+``per-client``); a 404 on a request that carried it means the session expired,
+so the gateway initializes again and retries once. Server notifications that
+belong to no request (``list_changed``) arrive on a GET stream held open on a
+connection of its own.
+
+Static headers and the bearer token come from the config; nothing from the
+gateway's clients is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+import msgspec
+
+from gateway import __version__
+from gateway.backends.base import Backend, BackendState, MessageSink
+from gateway.backends.sse import SseParser
+from gateway.config import BackendConfig
+from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
+
+__all__ = ["HttpBackend"]
+
+_decode = msgspec.json.Decoder(Message).decode
+_BACKOFF_MAX = 30.0
+
+
+class _SessionExpired(Exception):
+    """The backend answered 404 to a request carrying our session id."""
+
+
+class _Exchange:
+    """One request/response on a connection."""
+
+    __slots__ = ("future", "upstream_id", "sink", "status", "headers", "body", "sse", "got_bytes", "answered")
+
+    def __init__(self, upstream_id: Any, sink: MessageSink | None) -> None:
+        self.future: asyncio.Future[tuple[Message | None, dict[str, str]]] = asyncio.get_running_loop().create_future()
+        self.upstream_id = upstream_id
+        self.sink = sink
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.sse: SseParser | None = None
+        self.got_bytes = False
+        self.answered = False
+
+    def resolve(self, msg: Message | None) -> None:
+        if not self.future.done():
+            self.future.set_result((msg, self.headers))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to the backend."""
+
+    def __init__(self, backend: HttpBackend, stream_handler: Any = None) -> None:
+        self.backend = backend
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.reused = False
+        self.closed = False
+        self._header_name = b""
+
+    # protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._abort(BackendUnavailable(f"backend {self.backend.name!r} sent malformed HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.backend._forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None and not exchange.future.done():
+            exchange.fail(ConnectionResetError("connection closed by the backend"))
+
+    # parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        exchange.status = self.parser.get_status_code()
+        if exchange.headers.get("content-type", "").startswith("text/event-stream") and exchange.status == 200:
+            exchange.sse = SseParser()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if exchange.sse is None:
+            exchange.body.append(body)
+            return
+        for event in exchange.sse.feed(body):
+            self.backend._on_stream_message(exchange, event.data)
+
+    def on_message_complete(self) -> None:
+        exchange, self.exchange = self.exchange, None
+        keep = self.parser.should_keep_alive()
+        if exchange is not None:
+            self.backend._complete(exchange)
+        if keep and not self.closed:
+            self.backend._release(self)
+        else:
+            self.close()
+
+    # helpers
+
+    def send(self, exchange: _Exchange, data: bytes) -> None:
+        self.exchange = exchange
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def _abort(self, exc: BaseException) -> None:
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.fail(exc)
+        self.close()
+
+
+class _UpSession:
+    """One upstream MCP session (its id and negotiated version)."""
+
+    __slots__ = ("session_id", "version", "lock", "ready")
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.version: str | None = None
+        self.lock = asyncio.Lock()
+        self.ready = False
+
+
+class HttpBackend(Backend):
+    """An MCP server reached over Streamable HTTP (``http://`` only)."""
+
+    def __init__(
+        self, name: str, config: BackendConfig, *, default_timeout: float = 60.0, client_info: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(name, config)
+        parts = urlsplit(config.url or "")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"backend {name!r}: only http:// URLs are supported, got {config.url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.default_timeout = default_timeout
+        self.log = logging.getLogger(f"gateway.backend.{name}")
+        self._head = self._build_head(parts.netloc)
+        self._idle: deque[_Conn] = deque()
+        self._all: set[_Conn] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._next_id = 0
+        self._shared = _UpSession()
+        self._per_client: dict[str, _UpSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recovering: asyncio.Task[None] | None = None
+        self._stream_conn: _Conn | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _build_head(self, netloc: str) -> bytes:
+        lines = [
+            f"host: {netloc}",
+            "content-type: application/json",
+            "accept: application/json, text/event-stream",
+            f"user-agent: mcp-gateway/{__version__}",
+        ]
+        lines += [f"{k}: {v}" for k, v in self.config.headers.items()]
+        if self.config.bearer_token:
+            lines.append(f"authorization: Bearer {self.config.bearer_token}")
+        return ("".join(f"{line}\r\n" for line in lines)).encode("latin-1")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Initialize the shared session; if that fails, DOWN and retried in the background."""
+        self._stopping = False
+        try:
+            await self._initialize(self._shared)
+        except (BackendUnavailable, BackendTimeout) as exc:
+            self._went_down(str(exc))
+            return
+        self._set_state(BackendState.READY)
+        self._open_stream()
+
+    async def stop(self) -> None:
+        """End the sessions (DELETE), close every connection, stop background work. Idempotent."""
+        if self._stopping and self.state is BackendState.STOPPED:
+            return
+        self._stopping = True
+        for task in [self._recovering, self._stream_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        for task in [self._recovering, self._stream_task, *self._tasks]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        sessions = [self._shared, *self._per_client.values()]
+        await asyncio.gather(*(self._delete(s) for s in sessions if s.session_id), return_exceptions=True)
+        for conn in list(self._all):
+            conn.close()
+        if self._stream_conn is not None:
+            self._stream_conn.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(BackendUnavailable(f"backend {self.name!r} stopped"))
+        self._set_state(BackendState.STOPPED)
+
+    def _went_down(self, error: str) -> None:
+        self.log.warning("%s: down: %s", self.name, error)
+        self._shared.ready = False
+        self._set_state(BackendState.DOWN, error)
+        if not self._stopping and (self._recovering is None or self._recovering.done()):
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+            try:
+                await self._initialize(self._shared)
+            except (BackendUnavailable, BackendTimeout) as exc:
+                self.last_error = str(exc)
+                continue
+            self._set_state(BackendState.READY)
+            self._open_stream()
+            return
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Raw | Any = UNSET,
+        *,
+        session_key: str | None = None,
+        sink: MessageSink | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """POST one request in the right upstream session; returns the response message."""
+        if self.state is not BackendState.READY:
+            raise BackendUnavailable(f"backend {self.name!r} is {self.state.value}: {self.last_error}", reason="backend_down")
+        session = await self._session_for(session_key)
+        limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
+        for attempt in (1, 2):
+            try:
+                answer = await self._call(session, method, params, sink, limit)
+            except _SessionExpired:
+                if attempt == 2:
+                    raise BackendUnavailable(f"backend {self.name!r} keeps rejecting its session") from None
+                self.log.info("%s: upstream session expired; initializing again", self.name)
+                session.ready = False
+                await self._ensure_session(session)
+                continue
+            if answer is None:
+                raise BackendUnavailable(f"backend {self.name!r} answered a request with no response")
+            return answer
+        raise AssertionError("unreachable")
+
+    async def notify(self, method: str, params: Raw | Any = UNSET, *, session_key: str | None = None) -> None:
+        """POST one notification (the backend answers 202)."""
+        session = await self._session_for(session_key)
+        body = encode(Message(method=method, params=params))
+        await self._post(session, body, None, None, self.config.connect_timeout + 5)
+
+    async def release(self, session_key: str) -> None:
+        """DELETE the per-client upstream session of ``session_key``."""
+        session = self._per_client.pop(session_key, None)
+        if session is not None and session.session_id:
+            with contextlib.suppress(Exception):
+                await self._delete(session)
+
+    async def _session_for(self, session_key: str | None) -> _UpSession:
+        if session_key is None or self.config.session != "per-client":
+            session = self._shared
+        else:
+            session = self._per_client.get(session_key) or self._per_client.setdefault(session_key, _UpSession())
+        if not session.ready:
+            await self._ensure_session(session)
+        return session
+
+    async def _ensure_session(self, session: _UpSession) -> None:
+        async with session.lock:
+            if not session.ready:
+                await self._initialize(session)
+
+    async def _initialize(self, session: _UpSession) -> None:
+        session.session_id = None
+        session.version = None
+        params = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "mcp-gateway", "version": __version__},
+        }
+        self._next_id += 1
+        body = encode(Message(id=self._next_id, method="initialize", params=Raw(encode(params))))
+        answer, headers = await self._post(session, body, self._next_id, None, self.config.connect_timeout)
+        if answer is None or answer.result is UNSET:
+            raise BackendUnavailable(f"backend {self.name!r} refused initialize", reason="initialize_failed")
+        result = decode_any(answer.result)
+        session.session_id = headers.get("mcp-session-id")
+        session.version = result.get("protocolVersion") if isinstance(result, dict) else None
+        if session is self._shared:
+            self.server_info = result if isinstance(result, dict) else {}
+        await self._post(session, encode(Message(method="notifications/initialized")), None, None, self.config.connect_timeout)
+        session.ready = True
+
+    async def _call(self, session: _UpSession, method: str, params: Any, sink: MessageSink | None, limit: float) -> Message | None:
+        self._next_id += 1
+        upstream_id = self._next_id
+        body = encode(Message(id=upstream_id, method=method, params=params))
+        answer, _ = await self._post(session, body, upstream_id, sink, limit)
+        return answer
+
+    async def _post(
+        self, session: _UpSession, body: bytes, upstream_id: Any, sink: MessageSink | None, limit: float
+    ) -> tuple[Message | None, dict[str, str]]:
+        head = [b"POST ", self.path.encode("latin-1"), b" HTTP/1.1\r\n", self._head]
+        if session.version:
+            head.append(b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n")
+        if session.session_id:
+            head.append(b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        data = b"".join(head) + body
+        for attempt in (1, 2):
+            conn = await self._acquire()
+            exchange = _Exchange(upstream_id, sink)
+            conn.send(exchange, data)
+            try:
+                answer, headers = await asyncio.wait_for(asyncio.shield(exchange.future), limit)
+            except asyncio.TimeoutError:
+                conn.close()  # its late response can no longer be trusted
+                if upstream_id is not None:
+                    self._cancel_upstream(session, upstream_id)
+                raise BackendTimeout(f"backend {self.name!r} did not answer within {limit:g} s") from None
+            except ConnectionError as exc:
+                # A reused keep-alive connection the backend had already closed: retry once.
+                if attempt == 1 and conn.reused and not exchange.got_bytes:
+                    continue
+                raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
+            if exchange.status == 404 and session.session_id and upstream_id is not None:
+                raise _SessionExpired()
+            return answer, headers
+        raise AssertionError("unreachable")
+
+    def _cancel_upstream(self, session: _UpSession, upstream_id: Any) -> None:
+        params = Raw(encode({"requestId": upstream_id, "reason": "timeout"}))
+        body = encode(Message(method="notifications/cancelled", params=params))
+        self._spawn(self._post_quietly(session, body))
+
+    async def _post_quietly(self, session: _UpSession, body: bytes) -> None:
+        with contextlib.suppress(BackendUnavailable, BackendTimeout):
+            await self._post(session, body, None, None, self.config.connect_timeout)
+
+    async def _delete(self, session: _UpSession) -> None:
+        head = (
+            b"DELETE " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head
+            + b"mcp-session-id: " + (session.session_id or "").encode("latin-1") + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        with contextlib.suppress(BackendUnavailable, ConnectionError, asyncio.TimeoutError, OSError):
+            conn = await self._acquire()
+            exchange = _Exchange(None, None)
+            conn.send(exchange, head)
+            await asyncio.wait_for(asyncio.shield(exchange.future), 2.0)
+        session.session_id = None
+        session.ready = False
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def _on_stream_message(self, exchange: _Exchange, data: bytes) -> None:
+        try:
+            msg = _decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.log.warning("%s: SSE event is not JSON-RPC: %.200r", self.name, data)
+            return
+        if msg.method is UNSET and msg.id == exchange.upstream_id:
+            exchange.answered = True
+            exchange.resolve(msg)
+        elif msg.method is UNSET:
+            self.log.warning("%s: response with unexpected id %r dropped", self.name, msg.id)
+        elif exchange.sink is not None and not exchange.answered:
+            exchange.sink(msg)
+        elif msg.id is UNSET and self.on_notification is not None:
+            self.on_notification(self, None, msg)
+
+    def _complete(self, exchange: _Exchange) -> None:
+        if exchange.future.done():
+            return
+        if exchange.sse is not None:
+            if exchange.upstream_id is None:
+                exchange.resolve(None)
+            else:
+                exchange.fail(BackendUnavailable(f"backend {self.name!r} ended its stream without a response"))
+            return
+        status = exchange.status
+        body = b"".join(exchange.body)
+        if status == 202 or (not body and status < 300):
+            exchange.resolve(None)
+            return
+        try:
+            msg = _decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            if status >= 400:
+                exchange.fail(BackendUnavailable(f"backend {self.name!r} answered HTTP {status}", reason="backend_http_error"))
+            else:
+                exchange.fail(BackendUnavailable(f"backend {self.name!r} sent a body that is not JSON-RPC"))
+            return
+        if msg.method is UNSET and exchange.upstream_id is not None and msg.id not in (exchange.upstream_id, None):
+            exchange.fail(BackendUnavailable(f"backend {self.name!r} answered with the wrong id {msg.id!r}"))
+            return
+        exchange.resolve(msg)
+
+    # -- the GET stream -------------------------------------------------------------------------
+
+    def _open_stream(self) -> None:
+        if self._stream_task is None or self._stream_task.done():
+            self._stream_task = asyncio.get_running_loop().create_task(self._hold_stream())
+
+    async def _hold_stream(self) -> None:
+        """Keep a GET stream open for server notifications; reconnect with backoff while READY."""
+        delay = 0.5
+        while not self._stopping and self.state is BackendState.READY:
+            status = await self._stream_once()
+            if status in (405, 404, 400):
+                if status == 404:  # our session expired: the next request re-initializes it
+                    self._shared.ready = False
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _stream_once(self) -> int:
+        loop = asyncio.get_running_loop()
+        session = self._shared
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(self), self.host, self.port), self.config.connect_timeout
+            )
+        except (OSError, asyncio.TimeoutError):
+            return 0
+        self._stream_conn = conn
+        exchange = _Exchange(None, None)
+        head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
+            b"accept: application/json, text/event-stream", b"accept: text/event-stream"
+        )
+        if session.version:
+            head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
+        if session.session_id:
+            head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
+        conn.send(exchange, head + b"\r\n")
+        try:
+            await exchange.future
+        except (ConnectionError, BackendUnavailable):
+            pass
+        finally:
+            conn.close()
+            self._stream_conn = None
+        return exchange.status
+
+    # -- pool -----------------------------------------------------------------------------------
+
+    async def _acquire(self) -> _Conn:
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    conn.reused = True
+                    return conn
+            if len(self._all) < self.config.pool_size:
+                return await self._connect()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.config.connect_timeout)
+            except asyncio.TimeoutError:
+                raise BackendUnavailable(f"backend {self.name!r}: all {self.config.pool_size} connections busy") from None
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        placeholder = _Conn(self)  # counted while connecting, so the pool limit holds
+        self._all.add(placeholder)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(self), self.host, self.port), self.config.connect_timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            if self.state is BackendState.READY and not self._stopping:
+                self._went_down(f"cannot connect: {exc or 'timeout'}")
+            raise BackendUnavailable(f"backend {self.name!r} is unreachable: {exc or 'connect timeout'}", reason="backend_connection") from None
+        finally:
+            self._all.discard(placeholder)
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: _Conn) -> None:
+        if self._stopping or conn not in self._all:
+            conn.close()
+            return
+        self._idle.append(conn)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def _forget(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        while self._waiters:  # a slot is free: let one waiter connect
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

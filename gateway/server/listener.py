@@ -1,0 +1,100 @@
+"""Listening sockets, graceful shutdown and signals.
+
+``Server`` binds one listener on the running loop (uvloop in production) and
+serves an ``App`` with one ``HttpProtocol`` per connection. On SIGTERM or
+SIGINT it stops accepting, closes idle keep-alive connections, ends GET
+streams, lets requests in flight finish within ``shutdown_timeout``, then
+drops whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+from gateway.server.api import App
+from gateway.server.protocol import HttpProtocol, ServerState
+
+if TYPE_CHECKING:
+    from gateway.config import ServerConfig
+
+__all__ = ["Server", "install_uvloop"]
+
+log = logging.getLogger("gateway.server")
+
+
+def install_uvloop() -> None:
+    """Make uvloop the event loop of ``asyncio.run`` (a no-op where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class Server:
+    """One listener serving ``app`` with the limits of ``config``."""
+
+    def __init__(self, app: App, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.state = ServerState()
+        self._server: asyncio.AbstractServer | None = None
+        self._stopped: asyncio.Event | None = None
+
+    async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False) -> tuple[str, int]:
+        """Bind and start accepting; returns the bound ``(host, port)`` (port 0 picks one)."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> HttpProtocol:
+            return HttpProtocol(self.app, self.config, self.state, loop)
+
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                factory, self.config.host, self.config.port, backlog=4096, reuse_port=reuse_port or None
+            )
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let requests in flight finish (bounded), close everything. Idempotent."""
+        if self.state.shutting_down:
+            return
+        self.state.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.state.connections):
+            conn.shutdown()
+        tasks = list(self.state.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+            if pending:
+                log.warning("shutdown deadline passed: %d request(s) cut off", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+        for conn in list(self.state.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("signal received: shutting down (up to %.0f s for requests in flight)", self.config.shutdown_timeout)
+            await self.shutdown()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,91 @@
+"""Test backend: an official-SDK ``MCPServer`` over Streamable HTTP.
+
+    python tests/servers/sdk_http_server.py --port 0
+
+Prints ``listening on http://127.0.0.1:PORT/mcp`` once it accepts connections.
+Tools ``echo``, ``multiply``, ``progress`` (answers as SSE, progress first) and
+``add_tool`` (adds a tool and announces ``tools/list_changed``); a static
+resource, a resource template and a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("sdk-http-test")
+_added = 0
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool()
+def multiply(a: float, b: float) -> float:
+    """Multiply two numbers."""
+    return a * b
+
+
+@server.tool()
+async def progress(steps: int, ctx: Context) -> str:
+    """Report ``steps`` progress notifications, then answer."""
+    for step in range(steps):
+        await ctx.report_progress(step + 1, steps, f"step {step + 1}")
+        await asyncio.sleep(0.01)
+    return f"done {steps}"
+
+
+@server.tool()
+async def add_tool(ctx: Context) -> str:
+    """Register one more tool and tell clients the list changed."""
+    global _added
+    _added += 1
+    name = f"extra_{_added}"
+
+    def extra() -> str:
+        return name
+
+    server.add_tool(extra, name=name, description="Added at run time.")
+    await ctx.request_context.session.send_tool_list_changed()
+    return name
+
+
+@server.resource("clock://epoch")
+def epoch() -> str:
+    """A static resource."""
+    return "1970-01-01T00:00:00Z"
+
+
+@server.resource("clock://tz/{zone}")
+def zone(zone: str) -> str:
+    """A templated resource."""
+    return f"time zone {zone}"
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A prompt with one argument."""
+    return f"Say hello to {name}."
+
+
+async def _serve(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(_serve(parser.parse_args().port))
