@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ class Child:
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr_file(),
             env={**os.environ, **(env or {})},
             cwd=ROOT,
         )
@@ -35,23 +36,40 @@ class Child:
         self.url = self._wait_for(marker, timeout)
 
     def _wait_for(self, marker: str, timeout: float) -> str:
+        # Read the raw fd: a buffered readline() could hold the marker line in its
+        # buffer while select() reports the pipe empty.
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        pending = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
                 if self.proc.poll() is not None:
                     break
                 continue
-            line = self.proc.stdout.readline().decode()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            self.lines.append(line.rstrip("\n"))
-            if marker in line:
-                return line.split()[-1]
-        err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode()
+                self.lines.append(line)
+                if marker in line:
+                    return line.split()[-1]
+        err = self.stderr_text()
         self.stop()
         raise RuntimeError(f"{self.args} did not print {marker!r}; stdout={self.lines} stderr={err[-3000:]}")
+
+    def _stderr_file(self):  # type: ignore[no-untyped-def]
+        """Children log to a temporary file (a pipe nobody reads would fill and block them)."""
+        self.stderr_log = tempfile.TemporaryFile()
+        return self.stderr_log
+
+    def stderr_text(self) -> str:
+        self.stderr_log.seek(0)
+        return self.stderr_log.read().decode("utf-8", "replace")
 
     @property
     def port(self) -> int:
@@ -66,9 +84,9 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr_log.close()
         return self.proc.returncode
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import ROOT, SERVERS, Child, gateway
+from tests.support import ROOT, SERVERS, Child, gateway, post, raw_exchange, read_response
+from tests.test_bad_input import INIT
 from tests.test_e2e import list_all
 
 
@@ -129,15 +132,22 @@ async def test_passthrough_mounts_one_backend_unprefixed(tmp_path, http_backend:
         assert child.stop() == 0
 
 
-async def test_sigterm_lets_request_in_flight_finish(tmp_path) -> None:
+def test_sigterm_lets_request_in_flight_finish(tmp_path) -> None:
     child = gateway(write(tmp_path, stdio_backend()))
-    async with Client(child.url, mode="legacy") as client:
-        call = asyncio.ensure_future(client.call_tool("local__slow", {"seconds": 1.5}))
-        await asyncio.sleep(0.5)
-        stopper = asyncio.get_running_loop().run_in_executor(None, child.stop)
-        result = await asyncio.wait_for(call, 20)
-        assert not result.is_error
-        assert await stopper == 0
+    init = post("/mcp", INIT, port=child.port)
+    session = raw_exchange(child.port, init).headers["mcp-session-id"]
+    body = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"local__slow","arguments":{"seconds":1.5}}}'
+    with socket.create_connection(("127.0.0.1", child.port), timeout=20) as sock:
+        sock.sendall(post("/mcp", body, {"mcp-session-id": session}, port=child.port))
+        time.sleep(0.5)
+        child.proc.send_signal(signal.SIGTERM)
+        response = read_response(sock, timeout=20)
+    assert response.status == 200
+    assert response.json()["result"]["content"][0]["text"] == "slept 1.5"
+    assert child.proc.wait(20) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", child.port), timeout=2)
+    child.stop()
 
 
 def test_check_command(tmp_path) -> None:

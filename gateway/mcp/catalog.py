@@ -149,8 +149,7 @@ class Catalog:
     async def _fetch_backend(self, backend: Backend, methods: list[str]) -> None:
         fetched = self._fetched.setdefault(backend.name, {})
         if backend.state is not BackendState.READY:
-            fetched.clear()
-            return
+            return  # keep what it had: its routes stay (calls get a clear "down" error), its items are not listed
         capabilities = (backend.server_info or {}).get("capabilities") or {}
         for method in methods:
             if LIST_METHODS[method][2] not in capabilities:
@@ -196,6 +195,11 @@ class Catalog:
             namespace = backend.config.namespace or name
             router.add_namespace(namespace, backend)
             fetched = self._fetched.get(name, {})
+            if backend.state is not BackendState.READY:
+                # Down: its last known tools and prompts still route (to a clear
+                # BackendUnavailable) but nothing of it is listed until it is back.
+                self._route_only(router, backend, namespace, fetched, taken_tools, taken_prompts)
+                continue
             for tool in fetched.get("tools/list", ()):
                 exposed = expose_name(namespace, str(tool.get("name", "")), self.separator, taken_tools)
                 router.add_tool(exposed, backend, tool.get("name", ""))
@@ -211,15 +215,32 @@ class Catalog:
                 items["resources/templates/list"].append({**tpl, "uriTemplate": uri_template})
         return CatalogSnapshot(router, items, self.page_size, self._generation)
 
+    def _route_only(
+        self,
+        router: Router,
+        backend: Backend,
+        namespace: str,
+        fetched: dict[str, list[dict[str, Any]]],
+        taken_tools: set[str],
+        taken_prompts: set[str],
+    ) -> None:
+        for tool in fetched.get("tools/list", ()):
+            name = str(tool.get("name", ""))
+            router.add_tool(expose_name(namespace, name, self.separator, taken_tools), backend, name)
+        for prompt in fetched.get("prompts/list", ()):
+            name = str(prompt.get("name", ""))
+            router.add_prompt(expose_name(namespace, name, self.separator, taken_prompts), backend, name)
+
     def _build_passthrough(self, name: str | None) -> CatalogSnapshot:
         backend = self.backends[name] if name is not None else None
         router = Router(passthrough=backend)
         fetched = self._fetched.get(name, {}) if name is not None else {}
-        items = {m: list(fetched.get(m, ())) for m in LIST_METHODS}
         for kind, add in (("tools/list", router.add_tool), ("prompts/list", router.add_prompt)):
-            for item in items[kind]:
+            for item in fetched.get(kind, ()):
                 try:
                     add(str(item.get("name", "")), backend, str(item.get("name", "")))
                 except ValueError:
                     log.warning("backend %r lists %r twice; the first one wins", name, item.get("name"))
+        listed = backend is not None and backend.state is BackendState.READY
+        items = {m: list(fetched.get(m, ())) if listed else [] for m in LIST_METHODS}
         return CatalogSnapshot(router, items, self.page_size, self._generation)
