@@ -378,8 +378,10 @@ class HttpBackend(Backend):
                 if attempt == 1 and conn.reused and not exchange.got_bytes:
                     continue
                 raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
-            if exchange.status == 404 and session.session_id and upstream_id is not None:
-                raise _SessionExpired()
+            if exchange.status == 404:
+                if session.session_id and upstream_id is not None:
+                    raise _SessionExpired()
+                raise BackendUnavailable(f"backend {self.name!r} answered HTTP 404 (wrong URL?)", reason="backend_http_error")
             return answer, headers
         raise AssertionError("unreachable")
 
@@ -434,7 +436,8 @@ class HttpBackend(Backend):
             return
         status = exchange.status
         body = b"".join(exchange.body)
-        if status == 202 or (not body and status < 300):
+        if status == 202 or status == 404 or (not body and status < 300):
+            # 404: the caller decides (an expired session, or an error body it can still read)
             exchange.resolve(None)
             return
         try:

@@ -1,0 +1,195 @@
+"""The HTTP backend: against the real SDK server, and against a small scripted
+server for the faults a real one will not produce on demand (an expired
+session, silence, what headers arrive)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pytest
+
+from gateway.backends.base import BackendState
+from gateway.backends.http import HttpBackend
+from gateway.config import BackendConfig
+from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.mcp.jsonrpc import Raw
+from tests.support import Child
+
+
+def call(name: str, arguments: dict, meta: dict | None = None) -> Raw:
+    params = {"name": name, "arguments": arguments}
+    if meta:
+        params["_meta"] = meta
+    return Raw(json.dumps(params).encode())
+
+
+def result(msg) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(bytes(msg.result))
+
+
+@pytest.fixture
+async def sdk(http_backend: Child):  # type: ignore[no-untyped-def]
+    b = HttpBackend("web", BackendConfig(url=http_backend.url), default_timeout=10)
+    await b.start()
+    yield b
+    await b.stop()
+
+
+async def test_start_list_and_call(sdk: HttpBackend) -> None:
+    assert sdk.state is BackendState.READY
+    assert sdk.server_info["serverInfo"]["name"] == "sdk-http-test"
+    names = {t["name"] for t in result(await sdk.request("tools/list"))["tools"]}
+    assert {"echo", "multiply", "progress"} <= names
+    assert result(await sdk.request("tools/call", call("echo", {"text": "x"})))["content"][0]["text"] == "x"
+
+
+async def test_sse_progress_reaches_the_sink_before_the_result(sdk: HttpBackend) -> None:
+    seen = []
+    answer = await sdk.request("tools/call", call("progress", {"steps": 3}, {"progressToken": 9}), sink=seen.append)
+    assert [m.method for m in seen] == ["notifications/progress"] * 3
+    assert result(answer)["content"][0]["text"] == "done 3"
+
+
+async def test_concurrent_calls_over_the_pool(sdk: HttpBackend) -> None:
+    answers = await asyncio.gather(*(sdk.request("tools/call", call("multiply", {"a": i, "b": 2})) for i in range(50)))
+    assert [float(result(a)["content"][0]["text"]) for a in answers] == [i * 2.0 for i in range(50)]
+    assert len(sdk._all) <= sdk.config.pool_size
+
+
+class Scripted:
+    """A tiny HTTP/1.1 server: records each request, answers with ``handler(request) -> (status, headers, body)``."""
+
+    def __init__(self, handler: Callable[[dict], tuple[int, dict, bytes] | None]) -> None:
+        self.handler = handler
+        self.requests: list[dict] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = {"line": lines[0], "headers": headers, "body": json.loads(body) if body else None}
+                self.requests.append(request)
+                answer = self.handler(request)
+                if answer is None:
+                    await asyncio.sleep(30)  # silence
+                    return
+                status, extra, payload = answer
+                out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\ncontent-type: application/json\r\n"
+                out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                writer.write(out.encode() + b"\r\n" + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def basic(sessions: list[str], *, expire_first_call: bool = False, silent_tool: bool = False):  # type: ignore[no-untyped-def]
+    """A handler speaking just enough MCP; it rotates session ids on each initialize."""
+    state = {"expired": False}
+
+    def handle(req: dict) -> tuple[int, dict, bytes] | None:
+        method_line = req["line"].split()[0]
+        if method_line == "GET":
+            return 405, {}, b""
+        if method_line == "DELETE":
+            return 200, {}, b""
+        msg = req["body"]
+        if "id" not in msg:
+            return 202, {}, b""
+        if msg["method"] == "initialize":
+            sessions.append(f"s{len(sessions) + 1}")
+            res = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
+            return 200, {"mcp-session-id": sessions[-1]}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": res}).encode()
+        if expire_first_call and not state["expired"]:
+            state["expired"] = True
+            return 404, {}, b""
+        if silent_tool:
+            return None
+        return 200, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"session": req["headers"].get("mcp-session-id")}}).encode()
+
+    return handle
+
+
+async def test_static_headers_and_bearer_are_sent_not_client_ones() -> None:
+    sessions: list[str] = []
+    fake = Scripted(basic(sessions))
+    async with fake as url:
+        cfg = BackendConfig(url=url, headers={"x-tenant": "acme"}, bearer_token="tok123")
+        b = HttpBackend("f", cfg, default_timeout=5)
+        await b.start()
+        await b.request("tools/list")
+        await b.stop()
+    posted = [r for r in fake.requests if r["line"].startswith("POST")]
+    assert posted and all(r["headers"]["x-tenant"] == "acme" for r in posted)
+    assert all(r["headers"]["authorization"] == "Bearer tok123" for r in posted)
+    tools_list = next(r for r in posted if r["body"].get("method") == "tools/list")
+    assert tools_list["headers"]["mcp-session-id"] == "s1"
+    assert tools_list["headers"]["mcp-protocol-version"] == "2025-11-25"
+    assert any(r["line"].startswith("DELETE") and r["headers"]["mcp-session-id"] == "s1" for r in fake.requests)
+
+
+async def test_expired_session_is_initialized_again_and_retried() -> None:
+    sessions: list[str] = []
+    async with Scripted(basic(sessions, expire_first_call=True)) as url:
+        b = HttpBackend("f", BackendConfig(url=url), default_timeout=5)
+        await b.start()
+        answer = await b.request("tools/list")
+        await b.stop()
+    assert result(answer) == {"session": "s2"}
+    assert sessions == ["s1", "s2"]
+
+
+async def test_silent_backend_times_out() -> None:
+    async with Scripted(basic([], silent_tool=True)) as url:
+        b = HttpBackend("f", BackendConfig(url=url), default_timeout=5)
+        await b.start()
+        with pytest.raises(BackendTimeout):
+            await b.request("tools/list", timeout=0.3)
+        await b.stop()
+
+
+async def test_unreachable_backend_is_down_then_recovers() -> None:
+    sessions: list[str] = []
+    fake = Scripted(basic(sessions))
+    url = await fake.__aenter__()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    await fake.__aexit__()
+    await asyncio.sleep(0.1)
+    b = HttpBackend("f", BackendConfig(url=url, connect_timeout=1), default_timeout=5)
+    await b.start()
+    try:
+        assert b.state is BackendState.DOWN
+        with pytest.raises(BackendUnavailable):
+            await b.request("tools/list")
+        server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
+        try:
+            for _ in range(100):
+                if b.state is BackendState.READY:
+                    break
+                await asyncio.sleep(0.05)
+            assert b.state is BackendState.READY
+            assert result(await b.request("tools/list"))["session"] == sessions[-1]
+        finally:
+            server.close()
+    finally:
+        await b.stop()
+
+
+def test_https_is_rejected_clearly() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        HttpBackend("x", BackendConfig(url="https://example.com/mcp"))
