@@ -160,3 +160,16 @@ async def test_backend_error_passes_through(gw: Child, http_backend: Child) -> N
         got = await via.call_tool("web__multiply", {"a": "x"})
     assert got.is_error and want.is_error
     assert got.model_dump() == want.model_dump()
+
+
+async def test_backend_sse_progress_streams_through(gw: Child) -> None:
+    """A backend that answers with SSE (progress first) is streamed to the client as SSE."""
+    updates: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total))
+
+    async with Client(gw.url, mode="legacy") as client:
+        result = await client.call_tool("web__progress", {"steps": 3}, progress_callback=on_progress)
+    assert result.content[0].text == "done 3"
+    assert updates == [(1.0, 3.0), (2.0, 3.0), (3.0, 3.0)]

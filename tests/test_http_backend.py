@@ -193,3 +193,20 @@ async def test_unreachable_backend_is_down_then_recovers() -> None:
 def test_https_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match="http://"):
         HttpBackend("x", BackendConfig(url="https://example.com/mcp"))
+
+
+async def test_per_client_sessions_are_separate_and_released() -> None:
+    sessions: list[str] = []
+    fake = Scripted(basic(sessions))
+    async with fake as url:
+        b = HttpBackend("f", BackendConfig(url=url, session="per-client"), default_timeout=5)
+        await b.start()
+        a1 = result(await b.request("tools/list", session_key="A"))
+        b1 = result(await b.request("tools/list", session_key="B"))
+        a2 = result(await b.request("tools/list", session_key="A"))
+        await b.release("A")
+        await b.stop()
+    assert sessions == ["s1", "s2", "s3"]  # shared, then A, then B
+    assert a1 == a2 == {"session": "s2"} and b1 == {"session": "s3"}
+    deletes = [r["headers"]["mcp-session-id"] for r in fake.requests if r["line"].startswith("DELETE")]
+    assert deletes[0] == "s2" and set(deletes) == {"s1", "s2", "s3"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import logging
 import socket
 import sys
 
@@ -47,6 +48,7 @@ def schedule(event: str) -> str:
 
 
 async def _serve(port: int) -> None:
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # keep the demo's terminal readable
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
