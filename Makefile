@@ -9,6 +9,7 @@ install:            ## the gateway and the demo's SDK backends
 test:               ## install everything the tests need, build the extensions in place, run the suite
 	$(PYTHON) -m pip install -e ".[test]"
 	npm ci --no-audit --no-fund --loglevel=error
+	$(PYTHON) -m ruff check gateway tests benchmarks
 	$(PYTHON) -m pytest
 
 test-only:          ## run the suite without installing

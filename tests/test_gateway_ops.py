@@ -202,5 +202,5 @@ def test_docker_healthcheck_command_works(gw: Child) -> None:
     argv = [a.replace("127.0.0.1:8080", f"127.0.0.1:{gw.port}") for a in argv]
     argv[0] = sys.executable
     assert subprocess.run(argv, timeout=10).returncode == 0
-    health = json.loads(raw_exchange(gw.port, f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode()).body)
+    health = json.loads(raw_exchange(gw.port, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode()).body)
     assert health == {"status": "ok", "backends": {"local": "ready", "web": "ready", "everything": "ready"}}

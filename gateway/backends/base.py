@@ -28,7 +28,26 @@ from gateway.mcp.jsonrpc import UNSET, Message, Raw
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
 
-__all__ = ["Backend", "BackendState", "NotificationHandler", "MessageSink"]
+__all__ = ["Backend", "BackendState", "NotificationHandler", "MessageSink", "initialize_params"]
+
+UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
+"""The version the gateway asks backends for in ``initialize``."""
+
+
+def initialize_params() -> Raw:
+    """The params of the gateway's own ``initialize`` toward a backend."""
+    from gateway import __version__
+    from gateway.mcp.jsonrpc import encode
+
+    return Raw(
+        encode(
+            {
+                "protocolVersion": UPSTREAM_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-gateway", "version": __version__},
+            }
+        )
+    )
 
 # Called for a backend notification that belongs to no request (list_changed,
 # resources/updated, log lines outside a request). Arguments: the backend, the

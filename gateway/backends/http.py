@@ -28,7 +28,7 @@ import httptools
 import msgspec
 
 from gateway import __version__
-from gateway.backends.base import Backend, BackendState, MessageSink
+from gateway.backends.base import Backend, BackendState, MessageSink, initialize_params
 from gateway.backends.sse import SseParser
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -327,13 +327,8 @@ class HttpBackend(Backend):
     async def _initialize(self, session: _UpSession) -> None:
         session.session_id = None
         session.version = None
-        params = {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "mcp-gateway", "version": __version__},
-        }
         self._next_id += 1
-        body = encode(Message(id=self._next_id, method="initialize", params=Raw(encode(params))))
+        body = encode(Message(id=self._next_id, method="initialize", params=initialize_params()))
         answer, headers = await self._post(session, body, self._next_id, None, self.config.connect_timeout)
         if answer is None or answer.result is UNSET:
             raise BackendUnavailable(f"backend {self.name!r} refused initialize", reason="initialize_failed")

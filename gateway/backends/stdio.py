@@ -21,8 +21,7 @@ from typing import Any
 
 import msgspec
 
-from gateway import __version__
-from gateway.backends.base import Backend, BackendState, MessageSink
+from gateway.backends.base import Backend, BackendState, MessageSink, initialize_params
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
@@ -78,12 +77,7 @@ class _Process:
         self.tasks = [loop.create_task(self._read_stdout()), loop.create_task(self._read_stderr())]
 
     async def initialize(self, timeout: float) -> dict[str, Any]:
-        params = {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "mcp-gateway", "version": __version__},
-        }
-        answer = await self.request("initialize", Raw(encode(params)), None, timeout, ready_required=False)
+        answer = await self.request("initialize", initialize_params(), None, timeout, ready_required=False)
         if answer.result is UNSET:
             raise BackendUnavailable(f"backend {self.backend.name!r} refused initialize", reason="initialize_failed")
         await self.write(_INITIALIZED)
