@@ -1,0 +1,176 @@
+"""A small uvloop HTTP/1.1 load generator that speaks just enough MCP.
+
+Run in its own process so that its CPU is not the measured server's::
+
+    python -m benchmarks.loadgen --port 8080 --concurrency 16 --duration 3 \
+        --body '{"jsonrpc":"2.0","id":1,"method":"tools/call",...}' [--initialize] [--churn]
+
+``--concurrency`` keep-alive connections each send one request at a time,
+back to back, for ``--duration`` seconds (``--churn``: a new connection per
+request). With ``--initialize`` it first runs the MCP handshake and sends the
+session header on every request. It prints one JSON line: requests, errors,
+requests/s, latency percentiles in microseconds, and its own CPU seconds (so a
+reader can check the generator was not the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+
+import httptools
+import uvloop
+
+INIT = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "loadgen", "version": "1"}},
+    }
+).encode()
+
+
+class _Conn(asyncio.Protocol):
+    """One client connection: one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[int] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.parser.get_status_code())
+
+    async def exchange(self, data: bytes) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.headers = {}
+        assert self.transport is not None
+        self.transport.write(data)
+        return await self.waiter
+
+
+def _request(path: str, host: str, body: bytes, session: str | None) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        "accept: application/json, text/event-stream\r\n"
+    )
+    if session:
+        head += f"mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
+    return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _connect(host: str, port: int) -> _Conn:
+    _, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port)
+    return conn
+
+
+async def _initialize(host: str, port: int, path: str) -> str | None:
+    conn = await _connect(host, port)
+    status = await conn.exchange(_request(path, f"{host}:{port}", INIT, None))
+    session = conn.headers.get(b"mcp-session-id")
+    note = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    if session:
+        await conn.exchange(_request(path, f"{host}:{port}", note, session.decode()))
+    assert conn.transport is not None
+    conn.transport.close()
+    if status != 200:
+        raise SystemExit(f"initialize failed with HTTP {status}")
+    return session.decode() if session else None
+
+
+async def _worker(host: str, port: int, data: bytes, until: float, churn: bool, lat: list[int], errors: list[int]) -> None:
+    clock = time.perf_counter_ns
+    conn = None if churn else await _connect(host, port)
+    while time.perf_counter() < until:
+        start = clock()
+        try:
+            if churn:
+                conn = await _connect(host, port)
+            assert conn is not None
+            status = await conn.exchange(data)
+        except (ConnectionError, OSError):
+            errors[0] += 1
+            conn = None if churn else await _connect(host, port)
+            continue
+        lat.append(clock() - start)
+        if status != 200:
+            errors[0] += 1
+        if churn and conn.transport is not None:
+            conn.transport.close()
+    if conn is not None and conn.transport is not None:
+        conn.transport.close()
+
+
+def _percentile(sorted_ns: list[int], q: float) -> float:
+    if not sorted_ns:
+        return 0.0
+    index = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
+    return sorted_ns[index] / 1000.0
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    """Run one load and return its summary."""
+    session = await _initialize(args.host, args.port, args.path) if args.initialize else None
+    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session)
+    latencies: list[int] = []
+    errors = [0]
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    until = started + args.duration
+    await asyncio.gather(
+        *(_worker(args.host, args.port, data, until, args.churn, latencies, errors) for _ in range(args.concurrency))
+    )
+    elapsed = time.perf_counter() - started
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "rps": len(latencies) / elapsed,
+        "p50_us": _percentile(latencies, 0.50),
+        "p90_us": _percentile(latencies, 0.90),
+        "p99_us": _percentile(latencies, 0.99),
+        "p999_us": _percentile(latencies, 0.999),
+        "loadgen_cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
+        "elapsed_s": elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/mcp")
+    parser.add_argument("--body", required=True)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--initialize", action="store_true")
+    parser.add_argument("--churn", action="store_true")
+    args = parser.parse_args(argv)
+    print(json.dumps(uvloop.run(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The benchmark runner: the same backend reached directly, through the floor
+proxy, and through the gateway, alternated (A B C A B C ...) in one run so that
+the machine's drift cancels out.
+
+    python -m benchmarks.run                       # every scenario, concurrency 1 16 64 256
+    python -m benchmarks.run --scenarios call --concurrency 16 --duration 2 --rounds 1
+
+For each scenario, concurrency and target it records requests/s, p50/p90/p99/p99.9
+latency, the server side's CPU seconds per 1,000 requests and peak RSS (the
+process under test: the backend when direct, the proxy otherwise), and the load
+generator's own CPU; then the ratios gateway/floor and gateway/direct. Writes
+JSON (``--out``) and, when matplotlib is installed, a PNG chart (``--chart``).
+The floor backend and floor proxy come from ``shared/bench`` beside the repo
+(or ``$GATEWAY_BENCH_SHARED``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TARGETS = ("direct", "floor", "gateway")
+SCENARIOS = ("call", "call_64k", "list_250", "churn")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def shared_bench() -> pathlib.Path:
+    """Where floor_backend.py and floor_proxy.py are."""
+    env = os.environ.get("GATEWAY_BENCH_SHARED")
+    for candidate in ([pathlib.Path(env)] if env else []) + [ROOT.parent / "shared" / "bench", ROOT / "shared" / "bench"]:
+        if (candidate / "floor_proxy.py").exists():
+            return candidate
+    raise SystemExit("cannot find shared/bench/floor_proxy.py: set GATEWAY_BENCH_SHARED")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def proc_peak_rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Stack:
+    """The processes of one scenario: backends, floor proxy, gateway."""
+
+    def __init__(self, scenario: str, bench: pathlib.Path, workdir: pathlib.Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        many = scenario == "list_250"
+        count = 5 if many else 1
+        self.backend_ports = [free_port() for _ in range(count)]
+        for port in self.backend_ports:
+            if many:
+                cmd = [sys.executable, "-m", "benchmarks.many_tools_backend", str(port), "--tools", "50"]
+            else:
+                cmd = [sys.executable, str(bench / "floor_backend.py"), str(port)]
+            self.backend = self._spawn(cmd)  # the first one is the direct target
+            wait_port(port)
+        self.backend = self.procs[0]
+        self.floor_port = free_port()
+        self.floor = self._spawn([sys.executable, str(bench / "floor_proxy.py"), str(self.floor_port), str(self.backend_ports[0])])
+        wait_port(self.floor_port)
+        config = workdir / f"{scenario}.toml"
+        names = [f"b{i}" for i in range(count)] if many else ["floor"]
+        config.write_text(
+            "[server]\nmax_body_bytes = 8388608\n"
+            + "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
+        )
+        self.gateway_port = free_port()
+        self.gateway = self._spawn(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.gateway_port), "--log-level", "warning"]
+        )
+        wait_port(self.gateway_port)
+        time.sleep(0.5)  # let the gateway build its catalog
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def target(self, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+        """(port, process under test) for a target."""
+        return {
+            "direct": (self.backend_ports[0], self.backend),
+            "floor": (self.floor_port, self.floor),
+            "gateway": (self.gateway_port, self.gateway),
+        }[name]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def body_for(scenario: str, target: str) -> str:
+    if scenario == "list_250":
+        return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    name = "floor__echo" if target == "gateway" else "echo"
+    text = "x" * 65536 if scenario == "call_64k" else "hello"
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {"text": text}}})
+
+
+def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration: float) -> dict[str, Any]:
+    port, proc = stack.target(target)
+    cmd = [
+        sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
+        "--duration", str(duration), "--body", body_for(scenario, target),
+    ]
+    if target == "gateway":
+        cmd.append("--initialize")
+    if scenario == "churn":
+        cmd.append("--churn")
+    cpu0 = proc_cpu(proc.pid)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
+    cpu1 = proc_cpu(proc.pid)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["server_cpu_s_per_1k"] = (cpu1 - cpu0) / max(result["requests"], 1) * 1000
+    result["server_peak_rss_kib"] = proc_peak_rss_kib(proc.pid)
+    return result
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median requests/s stands for the cell (its latencies with it)."""
+    ordered = sorted(samples, key=lambda s: s["rps"])
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["rps_rounds"] = [round(s["rps"], 1) for s in samples]
+    return chosen
+
+
+def progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = shared_bench()
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "scenarios": {}}
+    total = len(args.scenarios) * len(args.concurrency) * args.rounds * len(TARGETS)
+    done = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario in args.scenarios:
+            stack = Stack(scenario, bench, pathlib.Path(tmp))
+            try:
+                cells: dict[str, Any] = {}
+                for concurrency in args.concurrency:
+                    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+                    for _ in range(args.rounds):
+                        for target in TARGETS:  # A B C, A B C: drift hits all three alike
+                            progress(done, total, f"{scenario} c={concurrency} {target}")
+                            samples[target].append(measure(stack, scenario, target, concurrency, args.duration))
+                            done += 1
+                    cell = {t: summarize(samples[t]) for t in TARGETS}
+                    cell["gateway_over_floor"] = cell["gateway"]["rps"] / max(cell["floor"]["rps"], 1e-9)
+                    cell["gateway_over_direct"] = cell["gateway"]["rps"] / max(cell["direct"]["rps"], 1e-9)
+                    cell["added_p50_us"] = cell["gateway"]["p50_us"] - cell["direct"]["p50_us"]
+                    cell["added_p99_us"] = cell["gateway"]["p99_us"] - cell["direct"]["p99_us"]
+                    cells[str(concurrency)] = cell
+                results["scenarios"][scenario] = cells
+            finally:
+                stack.stop()
+    progress(total, total, "done")
+    sys.stderr.write("\n")
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """A Markdown table of the results."""
+    rows = [
+        "| scenario | conc | direct rps | floor rps | gateway rps | gw/floor | gw/direct | gw p50 us | gw p99 us | +p50 us | gw CPU s/1k | gw peak RSS MiB | loadgen CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario, cells in results["scenarios"].items():
+        for conc, cell in cells.items():
+            g = cell["gateway"]
+            rows.append(
+                f"| {scenario} | {conc} | {cell['direct']['rps']:.0f} | {cell['floor']['rps']:.0f} | {g['rps']:.0f} | "
+                f"{cell['gateway_over_floor']:.2f} | {cell['gateway_over_direct']:.2f} | {g['p50_us']:.0f} | {g['p99_us']:.0f} | "
+                f"{cell['added_p50_us']:.0f} | {g['server_cpu_s_per_1k']:.3f} | {g['server_peak_rss_kib'] / 1024:.1f} | "
+                f"{g['loadgen_cpu_s']:.1f} |"
+            )
+    return "\n".join(rows)
+
+
+def chart(results: dict[str, Any], path: pathlib.Path) -> bool:
+    """A PNG of requests/s per target, one panel per scenario; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = list(results["scenarios"])
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.5 * len(scenarios), 4), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        cells = results["scenarios"][scenario]
+        concs = list(cells)
+        width = 0.27
+        for i, target in enumerate(TARGETS):
+            xs = [j + (i - 1) * width for j in range(len(concs))]
+            ax.bar(xs, [cells[c][target]["rps"] for c in concs], width, label=target)
+        ax.set_xticks(range(len(concs)), [f"c={c}" for c in concs])
+        ax.set_title(scenario)
+        ax.set_ylabel("requests/s")
+    axes[0][0].legend()
+    fig.suptitle("mcp-gateway vs floor proxy vs direct (same run, alternated)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS))
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="A B C repetitions per cell")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    parser.add_argument("--chart", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.png")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    results = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    if chart(results, args.chart):
+        print(f"chart: {args.chart}")
+    print(f"json: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
