@@ -361,8 +361,10 @@ class HttpBackend(Backend):
             conn = await self._acquire()
             exchange = _Exchange(upstream_id, sink)
             conn.send(exchange, data)
+            # A timer handle rather than wait_for(): no extra task or future per request.
+            timer = asyncio.get_running_loop().call_later(limit, exchange.fail, asyncio.TimeoutError())
             try:
-                answer, headers = await asyncio.wait_for(asyncio.shield(exchange.future), limit)
+                answer, headers = await exchange.future
             except asyncio.TimeoutError:
                 conn.close()  # its late response can no longer be trusted
                 if upstream_id is not None:
@@ -373,6 +375,8 @@ class HttpBackend(Backend):
                 if attempt == 1 and conn.reused and not exchange.got_bytes:
                     continue
                 raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
+            finally:
+                timer.cancel()
             if exchange.status == 404:
                 if session.session_id and upstream_id is not None:
                     raise _SessionExpired()
