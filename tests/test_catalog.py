@@ -1,0 +1,71 @@
+"""The catalog's own pagination and the front's DNS-rebinding allow-lists (in process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway._fast import Router
+from gateway.config import Config, ServerConfig
+from gateway.errors import Forbidden, InvalidParams
+from gateway.mcp.catalog import Catalog, CatalogSnapshot, decode_cursor, encode_cursor
+from gateway.mcp.front import McpFront
+from gateway.mcp.sessions import SessionStore
+
+
+def test_pages_follow_cursors_in_order() -> None:
+    tools = [{"name": f"t{i}"} for i in range(23)]
+    snapshot = CatalogSnapshot(Router(), {"tools/list": tools}, page_size=10, generation=1)
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = json.loads(snapshot.page("tools/list", cursor))
+        seen += [t["name"] for t in page["tools"]]
+        pages += 1
+        cursor = page.get("nextCursor")
+        if cursor is None:
+            break
+    assert seen == [t["name"] for t in tools] and pages == 3
+    assert json.loads(snapshot.page("prompts/list", None)) == {"prompts": []}
+
+
+@pytest.mark.parametrize("cursor", ["garbage", encode_cursor(5), encode_cursor(1000), "Z3cxOi0x"])
+def test_bad_cursors_are_invalid_params(cursor: str) -> None:
+    snapshot = CatalogSnapshot(Router(), {"tools/list": [{"name": f"t{i}"} for i in range(23)]}, page_size=10, generation=1)
+    with pytest.raises(InvalidParams):
+        snapshot.page("tools/list", cursor)
+
+
+def test_cursor_round_trip() -> None:
+    assert decode_cursor(encode_cursor(40)) == 40
+
+
+def front(**server: object) -> McpFront:
+    config = Config(server=ServerConfig(**server))
+    return McpFront(config, Catalog({}), SessionStore(60))
+
+
+@pytest.mark.parametrize(
+    ("server", "headers", "ok"),
+    [
+        ({}, {"host": "127.0.0.1:8080"}, True),
+        ({}, {"host": "localhost"}, True),
+        ({}, {"host": "[::1]:80"}, True),
+        ({}, {"host": "evil.example"}, False),
+        ({}, {}, False),
+        ({"allowed_hosts": ["gw.internal:8080"]}, {"host": "gw.internal:9999"}, True),
+        ({"allowed_hosts": ["*"]}, {"host": "anything"}, True),
+        ({"host": "0.0.0.0"}, {"host": "anything"}, True),
+        ({}, {"host": "localhost", "origin": "http://localhost:3000"}, True),
+        ({}, {"host": "localhost", "origin": "https://evil.example"}, False),
+        ({"allowed_origins": ["https://app.example"]}, {"host": "localhost", "origin": "https://app.example/"}, True),
+        ({}, {"host": "localhost", "origin": "null"}, False),
+    ],
+)
+def test_dns_rebinding_allow_lists(server: dict, headers: dict, ok: bool) -> None:
+    f = front(**server)
+    if ok:
+        f._check_dns_rebinding(headers)
+    else:
+        with pytest.raises(Forbidden):
+            f._check_dns_rebinding(headers)
