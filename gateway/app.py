@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from gateway.backends import Backend, BackendState, create_backend
 from gateway.config import Config
@@ -33,6 +34,12 @@ _CHANGED_NOTIFICATION = {
 }
 
 
+def _worker_secret() -> bytes | None:
+    """The session-signing key shared by ``--workers`` processes (set by the parent), if any."""
+    value = os.environ.get("MCP_GATEWAY_SESSION_SECRET")
+    return value.encode() if value else None
+
+
 class Gateway:
     """Everything behind the listener, built from one ``Config``."""
 
@@ -44,7 +51,9 @@ class Gateway:
             for name, bc in config.backends.items()
             if bc.enabled
         }
-        self.sessions = SessionStore(config.server.session_idle_timeout, on_end=self._session_ended)
+        self.sessions = SessionStore(
+            config.server.session_idle_timeout, on_end=self._session_ended, secret=_worker_secret()
+        )
         self.catalog = Catalog(
             self.backends,
             separator=config.gateway.separator,

@@ -1,6 +1,6 @@
 """The ``mcp-gateway`` command.
 
-    mcp-gateway serve [--config FILE] [--host HOST] [--port PORT]
+    mcp-gateway serve [--config FILE] [--host HOST] [--port PORT] [--workers N]
     mcp-gateway check FILE
 
 ``FILE`` is a TOML config or a Claude/Cursor style ``mcp.json``. ``serve`` with
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config file and print what would run")
     check.add_argument("file", metavar="FILE")
     return parser
@@ -51,8 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.server.listener import install_uvloop
 
     install_uvloop()
+    if args.workers > 1:
+        return _serve_workers(args)
     try:
         return asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    from gateway.workers import run_workers
+
+    try:
+        config = _overrides(load_config(args.config) if args.config else Config(), args.host, args.port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    argv = ["serve", "--log-level", args.log_level] + (["--config", args.config] if args.config else [])
+    server = config.server
+    try:
+        return asyncio.run(run_workers(args.workers, argv, server.host, server.port, server.path))
     except KeyboardInterrupt:
         return 130
 
@@ -101,7 +121,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await gateway.start()
     server = Server(gateway, config.server)
     try:
-        host, port = await server.start()
+        host, port = await server.start(reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"error: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
         await gateway.stop()

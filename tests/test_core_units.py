@@ -91,3 +91,16 @@ def test_sessions_ids_random_and_expiry() -> None:
     assert store.get(first.id) is None
     assert {s.id for s in ended} == {first.id, second.id}
     assert store.end(first.id) is False
+
+
+def test_signed_sessions_are_accepted_by_another_worker() -> None:
+    a = SessionStore(60, secret=b"k")
+    b = SessionStore(60, secret=b"k")
+    other = SessionStore(60, secret=b"different")
+    session = a.create("2025-06-18", {}, None)
+    adopted = b.get(session.id)
+    assert adopted is not None and adopted.protocol_version == "2025-06-18"
+    assert other.get(session.id) is None
+    forged = session.id[:-2] + ("AA" if not session.id.endswith("AA") else "BB")
+    assert SessionStore(60, secret=b"k").get(forged) is None
+    assert SessionStore(60).get(session.id) is None  # no secret: only own sessions

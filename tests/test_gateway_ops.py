@@ -204,3 +204,19 @@ def test_docker_healthcheck_command_works(gw: Child) -> None:
     assert subprocess.run(argv, timeout=10).returncode == 0
     health = json.loads(raw_exchange(gw.port, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode()).body)
     assert health == {"status": "ok", "backends": {"local": "ready", "web": "ready", "everything": "ready"}}
+
+
+async def test_workers_share_one_port(tmp_path, http_backend: Child) -> None:
+    """--workers 2: two processes on one port (SO_REUSEPORT), one address line, clean stop."""
+    config = write(tmp_path, f'[backends.web]\nurl = "{http_backend.url}"\n')
+    child = gateway(config, "--workers", "2")
+    try:
+        assert child.lines[-1].endswith("(2 workers)")
+        workers = subprocess.run(["pgrep", "-P", str(child.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        url = child.lines[-1].split()[3]
+        for _ in range(4):  # fresh connections land on either worker; every one works
+            async with Client(url, mode="legacy") as client:
+                assert (await client.call_tool("web__echo", {"text": "w"})).content[0].text == "w"
+    finally:
+        assert child.stop() == 0

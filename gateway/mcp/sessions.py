@@ -15,6 +15,9 @@ eras share one request path.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -60,12 +63,20 @@ class RequestContext:
 class SessionStore:
     """Sessions by id, with idle expiry.
 
-    Ids come from ``secrets`` (192 bits, URL-safe), so they cannot be guessed.
+    Ids carry 128 random bits from ``secrets``, so they cannot be guessed.
     ``on_end`` is called for every session that ends (DELETE or expiry), so
     per-client upstream sessions can be released.
+
+    With a ``secret`` (shared by the workers of ``--workers N``), an id also
+    carries the negotiated version and an HMAC, so a worker that did not create
+    a session still accepts it: a client's connections may land on any worker.
+    A DELETE ends the session in the worker that receives it.
     """
 
-    def __init__(self, idle_timeout: float, on_end: Callable[[Session], None] | None = None) -> None:
+    def __init__(
+        self, idle_timeout: float, on_end: Callable[[Session], None] | None = None, secret: bytes | None = None
+    ) -> None:
+        self._secret = secret
         self._sessions: dict[str, Session] = {}
         self._idle_timeout = idle_timeout
         self._on_end = on_end
@@ -79,15 +90,40 @@ class SessionStore:
 
     def create(self, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> Session:
         """Make and store a new session with a cryptographically random id."""
-        session = Session(secrets.token_urlsafe(24), protocol_version, capabilities, client_info)
+        session = Session(self._new_id(protocol_version), protocol_version, capabilities, client_info)
         self._sessions[session.id] = session
         return session
 
     def get(self, session_id: str) -> Session | None:
         """The live session with this id (touching its idle clock), or None."""
         session = self._sessions.get(session_id)
+        if session is None and self._secret is not None:
+            session = self._adopt(session_id)
         if session is not None:
             session.last_seen = time.monotonic()
+        return session
+
+    def _new_id(self, protocol_version: str) -> str:
+        nonce = secrets.token_urlsafe(16)
+        if self._secret is None:
+            return nonce + secrets.token_urlsafe(8)
+        body = f"{nonce}.{protocol_version}"
+        return f"{body}.{self._sign(body)}"
+
+    def _sign(self, body: str) -> str:
+        assert self._secret is not None
+        digest = hmac.new(self._secret, body.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def _adopt(self, session_id: str) -> Session | None:
+        """A session another worker created: accepted if its signature holds."""
+        body, _, signature = session_id.rpartition(".")
+        if not body or not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        version = body.partition(".")[2]
+        session = Session(session_id, version, {}, None)
+        session.initialized = True
+        self._sessions[session_id] = session
         return session
 
     def end(self, session_id: str) -> bool:
