@@ -65,6 +65,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU of a process plus its worker children (for ``--workers``; backends are not its children here)."""
+    total = proc_cpu(pid)
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            try:
+                if "gateway" in pathlib.Path(f"/proc/{child}/cmdline").read_text():
+                    total += proc_cpu(int(child))
+            except OSError:
+                pass
+    return total
+
+
 def proc_peak_rss_kib(pid: int) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -75,7 +89,7 @@ def proc_peak_rss_kib(pid: int) -> int:
 class Stack:
     """The processes of one scenario: backends, floor proxy, gateway."""
 
-    def __init__(self, scenario: str, bench: pathlib.Path, workdir: pathlib.Path) -> None:
+    def __init__(self, scenario: str, bench: pathlib.Path, workdir: pathlib.Path, workers: int = 1) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         many = scenario == "list_250"
         count = 5 if many else 1
@@ -102,7 +116,15 @@ class Stack:
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.gateway_port), "--log-level", "warning"]
         )
         wait_port(self.gateway_port)
-        time.sleep(0.5)  # let the gateway build its catalog
+        self.workers_port = 0
+        if workers > 1:  # the same gateway as N SO_REUSEPORT processes, measured as one more target
+            self.workers_port = free_port()
+            self.workers = self._spawn(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.workers_port),
+                 "--log-level", "warning", "--workers", str(workers)]
+            )
+            wait_port(self.workers_port)
+        time.sleep(1.0)  # let the gateways build their catalogs
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,6 +133,8 @@ class Stack:
 
     def target(self, name: str) -> tuple[int, subprocess.Popen[bytes]]:
         """(port, process under test) for a target."""
+        if name.startswith("gateway_w"):
+            return self.workers_port, self.workers
         return {
             "direct": (self.backend_ports[0], self.backend),
             "floor": (self.floor_port, self.floor),
@@ -130,7 +154,7 @@ class Stack:
 def body_for(scenario: str, target: str) -> str:
     if scenario == "list_250":
         return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-    name = "floor__echo" if target == "gateway" else "echo"
+    name = "floor__echo" if target.startswith("gateway") else "echo"
     text = "x" * 65536 if scenario == "call_64k" else "hello"
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {"text": text}}})
 
@@ -141,13 +165,13 @@ def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration
         sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
         "--duration", str(duration), "--body", body_for(scenario, target),
     ]
-    if target == "gateway":
+    if target.startswith("gateway"):
         cmd.append("--initialize")
     if scenario == "churn":
         cmd.append("--churn")
-    cpu0 = proc_cpu(proc.pid)
+    cpu0 = tree_cpu(proc.pid)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
-    cpu1 = proc_cpu(proc.pid)
+    cpu1 = tree_cpu(proc.pid)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -174,21 +198,25 @@ def progress(done: int, total: int, label: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = shared_bench()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "scenarios": {}}
-    total = len(args.scenarios) * len(args.concurrency) * args.rounds * len(TARGETS)
+    targets = list(TARGETS) + ([f"gateway_w{args.workers}"] if args.workers > 1 else [])
+    total = len(args.scenarios) * len(args.concurrency) * args.rounds * len(targets)
     done = 0
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios:
-            stack = Stack(scenario, bench, pathlib.Path(tmp))
+            stack = Stack(scenario, bench, pathlib.Path(tmp), args.workers)
             try:
                 cells: dict[str, Any] = {}
                 for concurrency in args.concurrency:
-                    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+                    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                     for _ in range(args.rounds):
-                        for target in TARGETS:  # A B C, A B C: drift hits all three alike
+                        for target in targets:  # A B C, A B C: drift hits all of them alike
                             progress(done, total, f"{scenario} c={concurrency} {target}")
                             samples[target].append(measure(stack, scenario, target, concurrency, args.duration))
                             done += 1
-                    cell = {t: summarize(samples[t]) for t in TARGETS}
+                    cell = {t: summarize(samples[t]) for t in targets}
+                    if args.workers > 1:
+                        workers_target = f"gateway_w{args.workers}"
+                        cell["workers_over_one"] = cell[workers_target]["rps"] / max(cell["gateway"]["rps"], 1e-9)
                     cell["gateway_over_floor"] = cell["gateway"]["rps"] / max(cell["floor"]["rps"], 1e-9)
                     cell["gateway_over_direct"] = cell["gateway"]["rps"] / max(cell["direct"]["rps"], 1e-9)
                     cell["added_p50_us"] = cell["gateway"]["p50_us"] - cell["direct"]["p50_us"]
@@ -217,6 +245,10 @@ def table(results: dict[str, Any]) -> str:
                 f"{cell['added_p50_us']:.0f} | {g['server_cpu_s_per_1k']:.3f} | {g['server_peak_rss_kib'] / 1024:.1f} | "
                 f"{g['loadgen_cpu_s']:.1f} |"
             )
+    for scenario, cells in results["scenarios"].items():
+        for conc, cell in cells.items():
+            if "workers_over_one" in cell:
+                rows.append(f"\n{scenario} c={conc}: --workers N gives {cell['workers_over_one']:.2f}x the one-worker gateway")
     return "\n".join(rows)
 
 
@@ -254,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="A B C repetitions per cell")
+    parser.add_argument("--workers", type=int, default=1, help="also measure the gateway with --workers N")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     parser.add_argument("--chart", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.png")
     args = parser.parse_args(argv)
