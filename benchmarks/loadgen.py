@@ -130,6 +130,22 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[index] / 1000.0
 
 
+async def hold_idle(args: argparse.Namespace) -> None:
+    """Open ``--idle`` keep-alive connections, one request each, then hold them until stdin closes."""
+    session = await _initialize(args.host, args.port, args.path) if args.initialize else None
+    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session)
+    conns: list[_Conn] = []
+    for start in range(0, args.idle, 200):  # in batches: do not flood the accept queue
+        batch = await asyncio.gather(*(_connect(args.host, args.port) for _ in range(min(200, args.idle - start))))
+        await asyncio.gather(*(c.exchange(data) for c in batch))
+        conns.extend(batch)
+    print(json.dumps({"idle_connections": len(conns), "lost": sum(c.lost for c in conns)}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     """Run one load and return its summary."""
     session = await _initialize(args.host, args.port, args.path) if args.initialize else None
@@ -168,7 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--initialize", action="store_true")
     parser.add_argument("--churn", action="store_true")
+    parser.add_argument("--idle", type=int, default=0, help="hold this many idle keep-alive connections instead")
     args = parser.parse_args(argv)
+    if args.idle:
+        uvloop.run(hold_idle(args))
+        return
     print(json.dumps(uvloop.run(run(args))), flush=True)
 
 

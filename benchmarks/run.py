@@ -79,6 +79,13 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def proc_rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def proc_peak_rss_kib(pid: int) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -180,6 +187,27 @@ def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration
     return result
 
 
+def measure_idle(stack: Stack, target: str, count: int) -> dict[str, Any]:
+    """RSS of the process under test at rest and with ``count`` idle keep-alive connections."""
+    port, proc = stack.target(target)
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--idle", str(count),
+           "--body", body_for("call", target)]
+    if target.startswith("gateway"):
+        cmd.append("--initialize")
+    before = proc_rss_kib(proc.pid)
+    holder = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    line = holder.stdout.readline()
+    time.sleep(0.5)
+    during = proc_rss_kib(proc.pid)
+    holder.stdin.close()
+    holder.wait(60)
+    info = json.loads(line) if line else {"idle_connections": 0}
+    held = max(info["idle_connections"], 1)
+    return {"rss_at_rest_mib": before / 1024, "rss_with_idle_mib": during / 1024,
+            "kib_per_connection": (during - before) / held, "connections": info["idle_connections"]}
+
+
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median requests/s stands for the cell (its latencies with it)."""
     ordered = sorted(samples, key=lambda s: s["rps"])
@@ -202,6 +230,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = len(args.scenarios) * len(args.concurrency) * args.rounds * len(targets)
     done = 0
     with tempfile.TemporaryDirectory() as tmp:
+        if args.idle:
+            stack = Stack("idle", bench, pathlib.Path(tmp))
+            try:
+                results["idle"] = {t: measure_idle(stack, t, args.idle) for t in ("floor", "gateway")}
+            finally:
+                stack.stop()
         for scenario in args.scenarios:
             stack = Stack(scenario, bench, pathlib.Path(tmp), args.workers)
             try:
@@ -245,6 +279,11 @@ def table(results: dict[str, Any]) -> str:
                 f"{cell['added_p50_us']:.0f} | {g['server_cpu_s_per_1k']:.3f} | {g['server_peak_rss_kib'] / 1024:.1f} | "
                 f"{g['loadgen_cpu_s']:.1f} |"
             )
+    for target, idle in results.get("idle", {}).items():
+        rows.append(
+            f"\nidle {target}: RSS at rest {idle['rss_at_rest_mib']:.1f} MiB, with {idle['connections']} idle connections "
+            f"{idle['rss_with_idle_mib']:.1f} MiB ({idle['kib_per_connection']:.1f} KiB per connection)"
+        )
     for scenario, cells in results["scenarios"].items():
         for conc, cell in cells.items():
             if "workers_over_one" in cell:
@@ -286,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="A B C repetitions per cell")
+    parser.add_argument("--idle", type=int, default=0, help="also measure memory with this many idle connections")
     parser.add_argument("--workers", type=int, default=1, help="also measure the gateway with --workers N")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     parser.add_argument("--chart", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.png")
