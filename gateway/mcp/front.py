@@ -348,25 +348,23 @@ class McpFront:
     # -- routed methods ----------------------------------------------------------------------
 
     async def _tools_call(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
-        params, name = self._params_with(msg, "name")
-        route = self.catalog.snapshot.router.resolve_tool(name)
-        if route is None:
-            raise InvalidParams(f"unknown tool: {name}", reason="unknown_tool")
-        return await self._forward(msg, ctx, reply, route, params, "name")
+        return await self._routed(msg, ctx, reply, "name", "tool")
 
     async def _prompts_get(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
-        params, name = self._params_with(msg, "name")
-        route = self.catalog.snapshot.router.resolve_prompt(name)
-        if route is None:
-            raise InvalidParams(f"unknown prompt: {name}", reason="unknown_prompt")
-        return await self._forward(msg, ctx, reply, route, params, "name")
+        return await self._routed(msg, ctx, reply, "name", "prompt")
 
     async def _resources_read(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
-        params, uri = self._params_with(msg, "uri")
-        route = self.catalog.snapshot.router.resolve_uri(uri)
+        return await self._routed(msg, ctx, reply, "uri", "resource")
+
+    async def _routed(self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str, kind: str) -> bytes | None:
+        """Route by ``params[key]`` through the routing table, or answer -32602 for an unknown ``kind``."""
+        params, value = self._params_with(msg, key)
+        router = self.catalog.snapshot.router
+        resolve = router.resolve_tool if kind == "tool" else router.resolve_prompt if kind == "prompt" else router.resolve_uri
+        route = resolve(value)
         if route is None:
-            raise InvalidParams(f"unknown resource: {uri}", reason="unknown_resource", data={"uri": uri})
-        return await self._forward(msg, ctx, reply, route, params, "uri")
+            raise InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
+        return await self._forward(msg, ctx, reply, route, params, key)
 
     @staticmethod
     def _params_with(msg: Message, key: str) -> tuple[dict[str, Raw], str]:
