@@ -277,3 +277,14 @@ async def test_many_pipelined_requests_pause_reading() -> None:
     await settle(0.05)
     assert transport.reading
     assert len(status_lines(transport.data)) == 20
+
+
+async def test_pre_encoded_header_lines() -> None:
+    async def app(request: Request, reply: Reply) -> None:
+        reply.send(200, b"content-type: application/json\r\n", b"{}")
+
+    proto, transport = make(app)
+    proto.data_received(GET)
+    await settle()
+    head, _, body = transport.data.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/json\r\ncontent-length: 2" in head and body == b"{}"

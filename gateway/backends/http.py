@@ -280,11 +280,18 @@ class HttpBackend(Backend):
         """POST one request in the right upstream session; returns the response message."""
         if self.state is not BackendState.READY:
             raise BackendUnavailable(f"backend {self.name!r} is {self.state.value}: {self.last_error}", reason="backend_down")
-        session = await self._session_for(session_key)
+        shared = self._shared
+        if shared.ready and (session_key is None or self.config.session != "per-client"):
+            session = shared  # the fast path: no await before the request goes out
+        else:
+            session = await self._session_for(session_key)
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
         for attempt in (1, 2):
+            self._next_id += 1
+            upstream_id = self._next_id
+            body = encode(Message(id=upstream_id, method=method, params=params))
             try:
-                answer = await self._call(session, method, params, sink, limit)
+                answer, _ = await self._post(session, body, upstream_id, sink, limit)
             except _SessionExpired:
                 if attempt == 2:
                     raise BackendUnavailable(f"backend {self.name!r} keeps rejecting its session") from None
@@ -339,13 +346,6 @@ class HttpBackend(Backend):
             self.server_info = result if isinstance(result, dict) else {}
         await self._post(session, encode(Message(method="notifications/initialized")), None, None, self.config.connect_timeout)
         session.ready = True
-
-    async def _call(self, session: _UpSession, method: str, params: Any, sink: MessageSink | None, limit: float) -> Message | None:
-        self._next_id += 1
-        upstream_id = self._next_id
-        body = encode(Message(id=upstream_id, method=method, params=params))
-        answer, _ = await self._post(session, body, upstream_id, sink, limit)
-        return answer
 
     async def _post(
         self, session: _UpSession, body: bytes, upstream_id: Any, sink: MessageSink | None, limit: float

@@ -57,10 +57,12 @@ __all__ = ["McpFront"]
 log = logging.getLogger("gateway.front")
 
 _JSON_HEADERS = (("content-type", "application/json"),)
+_JSON_HEADER_LINES = b"content-type: application/json\r\n"  # the same, pre-encoded for the hot path
 _SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
 _ALLOW = (("allow", "GET, POST, DELETE"),)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 _EMPTY_RESULT = b"{}"
+_UNCHECKED: Any = object()
 
 
 class _InitializeParams(msgspec.Struct):
@@ -108,6 +110,9 @@ class McpFront:
         self._allowed_hosts = self._build_allowed_hosts()
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in config.server.allowed_origins)
         self._keepalive = config.server.sse_keepalive
+        # Header checks depend only on a few header values, which repeat from request
+        # to request: remember each verdict (bounded) instead of re-parsing every time.
+        self._verdicts: dict[tuple[str | None, ...], GatewayError | None] = {}
         # Set by the Gateway: sees every backend notification that arrives inside a
         # response stream, so a list_changed sent there still refreshes the catalog.
         self.on_backend_notification: Callable[[Backend, str | None, Message], None] | None = None
@@ -132,7 +137,16 @@ class McpFront:
                     return
                 reply.send(404, _JSON_HEADERS, error_body(None, InvalidRequest("not found", reason="path")))
                 return
-            self._check_dns_rebinding(request.headers)
+            headers = request.headers
+            key = (request.method, headers.get("host"), headers.get("origin"), headers.get("content-type"), headers.get("accept"))
+            verdict = self._verdicts.get(key, _UNCHECKED)
+            if verdict is _UNCHECKED:
+                verdict = self._check_headers(request.method, headers)
+                if len(self._verdicts) > 1024:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
+            if verdict is not None:
+                raise verdict
             method = request.method
             if method == "POST":
                 await self._post(request, reply)
@@ -148,6 +162,16 @@ class McpFront:
         except Exception:  # a bug: log it, never show it
             log.exception("unhandled error answering %s %s", request.method, request.path)
             self._send_error(reply, None, InternalError("internal gateway error"))
+
+    def _check_headers(self, method: str, headers: dict[str, str]) -> GatewayError | None:
+        """The error these headers earn (DNS rebinding, and media types for POST), or None."""
+        try:
+            self._check_dns_rebinding(headers)
+            if method == "POST":
+                self._check_post_headers(headers)
+        except GatewayError as err:
+            return err
+        return None
 
     def _health(self) -> bytes:
         """Liveness for load balancers and container health checks, with each backend's state."""
@@ -219,8 +243,7 @@ class McpFront:
     # -- POST --------------------------------------------------------------------------------
 
     async def _post(self, request: Request, reply: Reply) -> None:
-        headers = request.headers
-        self._check_post_headers(headers)
+        headers = request.headers  # Host, Origin, Content-Type and Accept were checked in __call__
         try:
             msg = decode_message(request.body)
         except InvalidRequest as err:
@@ -241,7 +264,7 @@ class McpFront:
             return
         body = await self._request(msg, ctx, reply)
         if body is not None:
-            reply.send(200, _JSON_HEADERS, body)
+            reply.send(200, _JSON_HEADER_LINES, body)
 
     async def _batch(self, request: Request, reply: Reply) -> None:
         """JSON-RPC batches: only for sessions that negotiated 2025-03-26."""

@@ -55,8 +55,12 @@ class Reply(Protocol):
     def closed(self) -> bool:
         """True once the client disconnected (or the reply ended)."""
 
-    def send(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
-        """Send a whole response; Content-Length is added by the protocol."""
+    def send(self, status: int, headers: Sequence[tuple[str, str]] | bytes, body: bytes) -> None:
+        """Send a whole response; Content-Length is added by the protocol.
+
+        ``headers`` may also be complete header lines already encoded
+        (``b"content-type: application/json\\r\\n"``), for constant headers on the hot path.
+        """
 
     def start_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         """Send the status line and headers of a chunked (streamed) response."""

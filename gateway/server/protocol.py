@@ -80,8 +80,11 @@ class _Cycle:
             return
         self.head_sent = True
         parts = [R.STATUS_LINES[status], R.SERVER_HEADER]
-        for name, value in headers:
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if headers.__class__ is bytes:  # pre-encoded header lines (the hot path's constants)
+            parts.append(headers)  # type: ignore[arg-type]
+        else:
+            for name, value in headers:
+                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
         parts.append(R.CONTENT_LENGTH % len(body))
         parts.append(self._connection_header())
         parts.append(b"\r\n")
