@@ -14,10 +14,11 @@ import logging
 import os
 
 from gateway.backends import Backend, BackendState, create_backend
+from gateway._fast import prefix_uri
 from gateway.config import Config
 from gateway.mcp.catalog import CHANGE_NOTIFICATIONS, Catalog
 from gateway.mcp.front import McpFront
-from gateway.mcp.jsonrpc import Message, encode
+from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.mcp.sessions import Session, SessionStore
 from gateway.server.api import Reply, Request
 
@@ -103,6 +104,19 @@ class Gateway:
         methods = CHANGE_NOTIFICATIONS.get(msg.method)  # type: ignore[arg-type]
         if methods is not None:
             self._spawn(self.catalog.refresh([backend.name], methods))
+        elif msg.method == "notifications/resources/updated" and msg.params is not UNSET:
+            self._resource_updated(backend, msg.params)
+
+    def _resource_updated(self, backend: Backend, params: Raw) -> None:
+        """Map the backend's URI to the one clients see, then tell the subscribers."""
+        decoded = decode_any(params)
+        uri = decoded.get("uri") if isinstance(decoded, dict) else None
+        if not isinstance(uri, str):
+            return
+        if not self.config.gateway.passthrough:
+            uri = prefix_uri(backend.config.namespace or backend.name, uri)
+            decoded["uri"] = uri
+        self.front.resource_updated(uri, Raw(encode(decoded)))
 
     def _backend_state_changed(self, backend: Backend) -> None:
         log.info("backend %r is now %s%s", backend.name, backend.state.value,
@@ -112,7 +126,7 @@ class Gateway:
 
     def _catalog_changed(self, methods: set[str]) -> None:
         for method in sorted({_CHANGED_NOTIFICATION[m] for m in methods}):
-            self.front.broadcast(encode(Message(method=method)))
+            self.front.broadcast(encode(Message(method=method)), method)
 
     def _session_ended(self, session: Session) -> None:
         for backend in self.backends.values():

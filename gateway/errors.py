@@ -19,7 +19,14 @@ The tree::
     ├── Forbidden           -32052    403  origin not allowed, RBAC, kill switch
     ├── RateLimited         -32053    429  a limit was hit
     ├── BackendUnavailable  -32054    503  backend down, restarting or its circuit open
-    └── RequestTooLarge     -32055    413  body above the configured limit
+    ├── RequestTooLarge     -32055    413  body above the configured limit
+    ├── ResourceNotFound    -32002    200  unknown resource URI (handshake era)
+    ├── HeaderMismatch      -32020    400  stateless era: routing header vs body
+    ├── MissingClientCapability -32021 400 stateless era: capability not declared
+    └── UnsupportedProtocolVersion -32022 400 stateless era: version not served
+
+In the stateless era the HTTP status follows the JSON-RPC code (-32601 is 404,
+-32602 is 400), as the 2026-07-28 transport requires; the front applies that.
 
 ``REGISTRY`` maps each code to its class and refuses duplicates, so a code means
 one thing only.
@@ -37,15 +44,19 @@ __all__ = [
     "BackendUnavailable",
     "Forbidden",
     "GatewayError",
+    "HeaderMismatch",
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
     "MethodNotFound",
+    "MissingClientCapability",
     "ParseError",
     "RateLimited",
     "RequestTooLarge",
+    "ResourceNotFound",
     "SessionNotFound",
     "Unauthenticated",
+    "UnsupportedProtocolVersion",
     "error_body",
 ]
 
@@ -74,6 +85,7 @@ class GatewayError(Exception):
         http_status: int | None = None,
         data: dict[str, Any] | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        spec_data: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -82,6 +94,9 @@ class GatewayError(Exception):
             self.http_status = http_status
         self.extra = data or {}
         self.headers = headers
+        # Fields the spec defines for this error (e.g. -32022's ``supported``),
+        # placed at the top of ``data`` beside the gateway's own ``gateway`` object.
+        self.spec_data = spec_data or {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -92,7 +107,7 @@ class GatewayError(Exception):
     def to_error(self) -> dict[str, Any]:
         """The JSON-RPC ``error`` member for this error."""
         gateway = {"reason": self.reason, **self.extra}
-        return {"code": self.code, "message": self.message, "data": {"gateway": gateway}}
+        return {"code": self.code, "message": self.message, "data": {**self.spec_data, "gateway": gateway}}
 
 
 def error_body(request_id: Any, err: GatewayError) -> bytes:
@@ -194,3 +209,35 @@ class RequestTooLarge(GatewayError):
     code = -32055
     http_status = 413
     default_reason = "request_too_large"
+
+
+class ResourceNotFound(GatewayError):
+    """A resource URI that no backend serves (handshake era; the stateless era uses -32602)."""
+
+    code = -32002
+    http_status = 200
+    default_reason = "resource_not_found"
+
+
+class HeaderMismatch(GatewayError):
+    """Stateless era: a routing header disagrees with the body, or is missing."""
+
+    code = -32020
+    http_status = 400
+    default_reason = "header_mismatch"
+
+
+class MissingClientCapability(GatewayError):
+    """Stateless era: the request needs a client capability the client did not declare."""
+
+    code = -32021
+    http_status = 400
+    default_reason = "missing_client_capability"
+
+
+class UnsupportedProtocolVersion(GatewayError):
+    """Stateless era: ``MCP-Protocol-Version`` names a version the gateway does not serve."""
+
+    code = -32022
+    http_status = 400
+    default_reason = "unsupported_protocol_version"

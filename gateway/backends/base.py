@@ -28,26 +28,82 @@ from gateway.mcp.jsonrpc import UNSET, Message, Raw
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
 
-__all__ = ["Backend", "BackendState", "NotificationHandler", "MessageSink", "initialize_params"]
+__all__ = [
+    "Backend",
+    "BackendState",
+    "GATEWAY_CLIENT_CAPABILITIES",
+    "MessageSink",
+    "NotificationHandler",
+    "RequestCancelled",
+    "Ticket",
+    "initialize_params",
+    "with_envelope",
+]
 
 UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
 """The version the gateway asks backends for in ``initialize``."""
 
 
-def initialize_params() -> Raw:
-    """The params of the gateway's own ``initialize`` toward a backend."""
+GATEWAY_CLIENT_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
+"""What the gateway declares in a shared upstream session: everything it can relay
+to a client. A request for a capability the calling client did not declare is
+refused by the gateway (never forwarded), so a backend is never answered by a
+client that cannot answer."""
+
+
+def _client_info() -> dict[str, str]:
     from gateway import __version__
+
+    return {"name": "mcp-gateway", "version": __version__}
+
+
+def initialize_params(capabilities: dict[str, Any] | None = None) -> Raw:
+    """The params of the gateway's own ``initialize`` toward a backend."""
     from gateway.mcp.jsonrpc import encode
 
-    return Raw(
-        encode(
-            {
-                "protocolVersion": UPSTREAM_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "mcp-gateway", "version": __version__},
-            }
-        )
-    )
+    caps = GATEWAY_CLIENT_CAPABILITIES if capabilities is None else capabilities
+    return Raw(encode({"protocolVersion": UPSTREAM_PROTOCOL_VERSION, "capabilities": caps, "clientInfo": _client_info()}))
+
+
+def with_envelope(params: Raw | Any, capabilities: Any = None, client_info: Any = None) -> Raw:
+    """``params`` with the stateless era's ``_meta`` keys added where missing.
+
+    Used when the gateway itself asks a stateless backend (catalog, probes) and
+    when a handshake-era client's request goes to a stateless-only backend
+    (then ``capabilities``/``client_info`` are that client's).
+    """
+    from gateway.mcp.jsonrpc import decode_any, encode
+    from gateway.mcp.protocol_versions import STATELESS_VERSION
+    from gateway.mcp.stateless import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY
+
+    decoded = decode_any(params) if params is not UNSET else {}
+    body = decoded if isinstance(decoded, dict) else {}
+    meta = body.get("_meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta[VERSION_KEY] = STATELESS_VERSION
+    meta.setdefault(CAPABILITIES_KEY, capabilities if capabilities is not None else {})
+    meta.setdefault(CLIENT_INFO_KEY, client_info if client_info is not None else _client_info())
+    body["_meta"] = meta
+    return Raw(encode(body))
+
+
+class RequestCancelled(Exception):
+    """Raised by ``Backend.request`` when the request was cancelled with ``Backend.cancel``."""
+
+
+class Ticket:
+    """Filled in by ``Backend.request`` so the caller can cancel that request later.
+
+    ``upstream_id`` is the id the backend saw; ``handle`` is backend-private
+    (the upstream session or process the request went to).
+    """
+
+    __slots__ = ("upstream_id", "handle", "future")
+
+    def __init__(self) -> None:
+        self.upstream_id: Any = None
+        self.handle: Any = None
+        self.future: Any = None
 
 # Called for a backend notification that belongs to no request (list_changed,
 # resources/updated, log lines outside a request). Arguments: the backend, the
@@ -85,6 +141,24 @@ class Backend(abc.ABC):
         self.server_info: dict[str, Any] | None = None
         self.on_notification: NotificationHandler | None = None
         self.on_state_change: Callable[[Backend], None] | None = None
+        # Protocol eras the backend speaks, found by probing it once:
+        # "handshake" (initialize + session) and/or "stateless" (2026-07-28).
+        self.eras: frozenset[str] = frozenset({"handshake"})
+        # The backend's server/discover result when it speaks the stateless era.
+        self.discover: dict[str, Any] | None = None
+
+    def era_for(self, client_era: str) -> str:
+        """The era to use toward this backend for a client of ``client_era``:
+        the client's own when the backend speaks it (no translation), else the other."""
+        if client_era in self.eras:
+            return client_era
+        return "handshake" if "handshake" in self.eras else "stateless"
+
+    @property
+    def preferred_era(self) -> str:
+        """The era of the gateway's own requests (catalog): stateless when spoken,
+        because its list results carry the cache hints (ttlMs, cacheScope)."""
+        return "stateless" if "stateless" in self.eras else "handshake"
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -108,11 +182,19 @@ class Backend(abc.ABC):
         session_key: str | None = None,
         sink: MessageSink | None = None,
         timeout: float | None = None,
+        era: str | None = None,
+        headers: dict[str, str] | None = None,
+        ticket: Ticket | None = None,
     ) -> Message:
         """Send one request and return the backend's response message.
 
         ``params`` is the raw JSON of the params object (or UNSET). ``timeout``
-        overrides the backend's configured request timeout.
+        overrides the backend's configured request timeout. ``era`` picks the
+        protocol era (default: ``preferred_era``); in the stateless era
+        ``params`` must carry ``_meta`` (the backend adds the gateway's own if
+        not) and ``headers`` are extra routing headers (``Mcp-Name``,
+        ``Mcp-Param-*``). ``ticket``, when given, is filled in so ``cancel`` can
+        find the request.
         """
 
     @abc.abstractmethod
@@ -121,6 +203,15 @@ class Backend(abc.ABC):
 
     async def release(self, session_key: str) -> None:
         """End the per-client upstream session for ``session_key`` (no-op for shared)."""
+
+    async def respond(
+        self, upstream_id: Any, result: Raw | None = None, error: Raw | None = None, *, session_key: str | None = None
+    ) -> None:
+        """Answer a request the server sent (sampling, elicitation, roots) in the same session."""
+        raise NotImplementedError
+
+    def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
+        """Tell the backend to stop the request ``ticket`` was filled for, and stop waiting for it."""
 
     def _set_state(self, state: BackendState, error: str | None = None) -> None:
         """Record a state change and tell whoever watches (the catalog, the logs)."""

@@ -28,11 +28,20 @@ import httptools
 import msgspec
 
 from gateway import __version__
-from gateway.backends.base import Backend, BackendState, MessageSink, initialize_params
+from gateway.backends.base import (
+    Backend,
+    BackendState,
+    MessageSink,
+    RequestCancelled,
+    Ticket,
+    initialize_params,
+    with_envelope,
+)
 from gateway.backends.sse import SseParser
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
+from gateway.mcp.protocol_versions import STATELESS_VERSION, STATELESS_VERSIONS
 
 __all__ = ["HttpBackend"]
 
@@ -168,6 +177,14 @@ class _UpSession:
         self.ready = False
 
 
+def _stateless_session() -> _UpSession:
+    """The pseudo-session of stateless-era requests: a version header, no session id."""
+    session = _UpSession()
+    session.version = STATELESS_VERSION
+    session.ready = True
+    return session
+
+
 class HttpBackend(Backend):
     """An MCP server reached over Streamable HTTP (``http://`` only)."""
 
@@ -189,6 +206,7 @@ class HttpBackend(Backend):
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_id = 0
         self._shared = _UpSession()
+        self._stateless = _stateless_session()
         self._per_client: dict[str, _UpSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._recovering: asyncio.Task[None] | None = None
@@ -214,12 +232,57 @@ class HttpBackend(Backend):
         """Initialize the shared session; if that fails, DOWN and retried in the background."""
         self._stopping = False
         try:
-            await self._initialize(self._shared)
+            await self._probe()
         except (BackendUnavailable, BackendTimeout) as exc:
             self._went_down(str(exc))
             return
         self._set_state(BackendState.READY)
-        self._open_stream()
+        if "handshake" in self.eras:
+            self._open_stream()
+
+    async def _probe(self) -> None:
+        """Find the eras the backend speaks: ``server/discover`` first, then ``initialize``.
+
+        A discover that fails in any way (an error, a non-JSON answer, silence
+        until a short timeout) means "no stateless era"; then initialize
+        decides. A backend that speaks both is used in the client's own era.
+        """
+        eras = set()
+        try:
+            discover = await self._discover()
+        except (BackendUnavailable, BackendTimeout, ValueError) as exc:
+            self.log.debug("%s: server/discover failed (%s): handshake era only", self.name, exc)
+            discover = None
+        if discover is not None:
+            eras.add("stateless")
+            self.discover = discover
+        try:
+            await self._initialize(self._shared)
+            eras.add("handshake")
+        except (BackendUnavailable, BackendTimeout):
+            if not eras:
+                raise
+        if "handshake" not in eras:
+            assert discover is not None
+            info = discover.get("serverInfo") or (discover.get("_meta") or {}).get("io.modelcontextprotocol/serverInfo")
+            self.server_info = {**discover, "serverInfo": info}
+        self.eras = frozenset(eras)
+
+    async def _discover(self) -> dict[str, Any] | None:
+        """One stateless ``server/discover``; its result if it lists a version the gateway speaks."""
+        self._next_id += 1
+        body = encode(Message(id=self._next_id, method="server/discover", params=with_envelope(UNSET)))
+        limit = min(self.config.connect_timeout, 5.0)
+        answer, _ = await self._post(self._stateless, body, self._next_id, None, limit, b"mcp-method: server/discover\r\n")
+        if answer is None or answer.result is UNSET:
+            return None
+        result = decode_any(answer.result)
+        if not isinstance(result, dict):
+            return None
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list) or not set(versions) & set(STATELESS_VERSIONS):
+            return None
+        return result
 
     async def stop(self) -> None:
         """End the sessions (DELETE), close every connection, stop background work. Idempotent."""
@@ -258,12 +321,13 @@ class HttpBackend(Backend):
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
             try:
-                await self._initialize(self._shared)
+                await self._probe()
             except (BackendUnavailable, BackendTimeout) as exc:
                 self.last_error = str(exc)
                 continue
             self._set_state(BackendState.READY)
-            self._open_stream()
+            if "handshake" in self.eras:
+                self._open_stream()
             return
 
     # -- requests -------------------------------------------------------------------------------
@@ -276,22 +340,27 @@ class HttpBackend(Backend):
         session_key: str | None = None,
         sink: MessageSink | None = None,
         timeout: float | None = None,
+        era: str | None = None,
+        headers: dict[str, str] | None = None,
+        ticket: Ticket | None = None,
     ) -> Message:
         """POST one request in the right upstream session; returns the response message."""
         if self.state is not BackendState.READY:
             raise BackendUnavailable(f"backend {self.name!r} is {self.state.value}: {self.last_error}", reason="backend_down")
+        limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
+        if (era or self.preferred_era) == "stateless" and "stateless" in self.eras:
+            return await self._request_stateless(method, params, headers, sink, limit, ticket)
         shared = self._shared
         if shared.ready and (session_key is None or self.config.session != "per-client"):
             session = shared  # the fast path: no await before the request goes out
         else:
             session = await self._session_for(session_key)
-        limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
         for attempt in (1, 2):
             self._next_id += 1
             upstream_id = self._next_id
             body = encode(Message(id=upstream_id, method=method, params=params))
             try:
-                answer, _ = await self._post(session, body, upstream_id, sink, limit)
+                answer, _ = await self._post(session, body, upstream_id, sink, limit, ticket=ticket)
             except _SessionExpired:
                 if attempt == 2:
                     raise BackendUnavailable(f"backend {self.name!r} keeps rejecting its session") from None
@@ -303,6 +372,52 @@ class HttpBackend(Backend):
                 raise BackendUnavailable(f"backend {self.name!r} answered a request with no response")
             return answer
         raise AssertionError("unreachable")
+
+    async def _request_stateless(
+        self,
+        method: str,
+        params: Raw | Any,
+        headers: dict[str, str] | None,
+        sink: MessageSink | None,
+        limit: float,
+        ticket: Ticket | None,
+    ) -> Message:
+        """One self-contained 2026-07-28 POST: routing headers, ``_meta`` in params, no session."""
+        if params is UNSET or b'"_meta"' not in bytes(params):
+            params = with_envelope(params)
+        extra = [f"mcp-method: {method}\r\n"]
+        if headers:
+            extra += [f"{k}: {v}\r\n" for k, v in headers.items()]
+        self._next_id += 1
+        upstream_id = self._next_id
+        body = encode(Message(id=upstream_id, method=method, params=params))
+        answer, _ = await self._post(
+            self._stateless, body, upstream_id, sink, limit, "".join(extra).encode("latin-1"), ticket=ticket
+        )
+        if answer is None:
+            raise BackendUnavailable(f"backend {self.name!r} answered a request with no response")
+        return answer
+
+    async def respond(
+        self, upstream_id: Any, result: Raw | None = None, error: Raw | None = None, *, session_key: str | None = None
+    ) -> None:
+        """POST our client's answer to a request the backend sent, in the session it came from."""
+        session = await self._session_for(session_key)
+        msg = Message(id=upstream_id, result=result) if result is not None else Message(id=upstream_id, error=error)  # type: ignore[arg-type]
+        await self._post(session, encode(msg), None, None, self.config.connect_timeout + 5)
+
+    def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
+        """Handshake era: ``notifications/cancelled``; stateless era: close the response stream."""
+        if ticket.handle is None:
+            return
+        session, conn, exchange = ticket.handle
+        exchange.fail(RequestCancelled(reason))
+        if session is self._stateless:
+            conn.close()  # closing the stream is the stateless era's cancel
+        else:
+            conn.close()  # its late answer must not be read as another request's
+            params = Raw(encode({"requestId": ticket.upstream_id, "reason": reason}))
+            self._spawn(self._post_quietly(session, encode(Message(method="notifications/cancelled", params=params))))
 
     async def notify(self, method: str, params: Raw | Any = UNSET, *, session_key: str | None = None) -> None:
         """POST one notification (the backend answers 202)."""
@@ -348,9 +463,17 @@ class HttpBackend(Backend):
         session.ready = True
 
     async def _post(
-        self, session: _UpSession, body: bytes, upstream_id: Any, sink: MessageSink | None, limit: float
+        self,
+        session: _UpSession,
+        body: bytes,
+        upstream_id: Any,
+        sink: MessageSink | None,
+        limit: float,
+        extra: bytes = b"",
+        *,
+        ticket: Ticket | None = None,
     ) -> tuple[Message | None, dict[str, str]]:
-        head = [b"POST ", self.path.encode("latin-1"), b" HTTP/1.1\r\n", self._head]
+        head = [b"POST ", self.path.encode("latin-1"), b" HTTP/1.1\r\n", self._head, extra]
         if session.version:
             head.append(b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n")
         if session.session_id:
@@ -360,6 +483,9 @@ class HttpBackend(Backend):
         for attempt in (1, 2):
             conn = await self._acquire()
             exchange = _Exchange(upstream_id, sink)
+            if ticket is not None:
+                ticket.upstream_id = upstream_id
+                ticket.handle = (session, conn, exchange)
             conn.send(exchange, data)
             # A timer handle rather than wait_for(): no extra task or future per request.
             timer = asyncio.get_running_loop().call_later(limit, exchange.fail, asyncio.TimeoutError())
@@ -377,7 +503,7 @@ class HttpBackend(Backend):
                 raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
             finally:
                 timer.cancel()
-            if exchange.status == 404:
+            if exchange.status == 404 and (session.session_id or answer is None):
                 if session.session_id and upstream_id is not None:
                     raise _SessionExpired()
                 raise BackendUnavailable(f"backend {self.name!r} answered HTTP 404 (wrong URL?)", reason="backend_http_error")
@@ -409,6 +535,8 @@ class HttpBackend(Backend):
     # -- responses ------------------------------------------------------------------------------
 
     def _on_stream_message(self, exchange: _Exchange, data: bytes) -> None:
+        if not data.strip():
+            return  # a priming event (an id for resumption, no message)
         try:
             msg = _decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -421,8 +549,20 @@ class HttpBackend(Backend):
             self.log.warning("%s: response with unexpected id %r dropped", self.name, msg.id)
         elif exchange.sink is not None and not exchange.answered:
             exchange.sink(msg)
-        elif msg.id is UNSET and self.on_notification is not None:
-            self.on_notification(self, None, msg)
+        elif msg.id is UNSET:
+            if self.on_notification is not None:
+                self.on_notification(self, None, msg)
+        else:
+            self._refuse_server_request(msg)
+
+    def _refuse_server_request(self, msg: Message, session_key: str | None = None) -> None:
+        """A server-to-client request nobody can answer (no client waiting): say so, never leave it hanging."""
+        error = Raw(encode({"code": -32601, "message": f"{msg.method}: no client to ask through the gateway"}))
+        self._spawn(self._respond_quietly(msg.id, error, session_key))
+
+    async def _respond_quietly(self, upstream_id: Any, error: Raw, session_key: str | None) -> None:
+        with contextlib.suppress(BackendUnavailable, BackendTimeout):
+            await self.respond(upstream_id, error=error, session_key=session_key)
 
     def _complete(self, exchange: _Exchange) -> None:
         if exchange.future.done():
@@ -435,8 +575,8 @@ class HttpBackend(Backend):
             return
         status = exchange.status
         body = b"".join(exchange.body)
-        if status == 202 or status == 404 or (not body and status < 300):
-            # 404: the caller decides (an expired session, or an error body it can still read)
+        if status == 202 or (not body and status < 300) or (status == 404 and not body.lstrip().startswith(b"{")):
+            # 404 without JSON: the caller decides (an expired session, or a wrong URL)
             exchange.resolve(None)
             return
         try:

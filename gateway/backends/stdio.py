@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.backends.base import Backend, BackendState, MessageSink, initialize_params
+from gateway.backends.base import Backend, BackendState, MessageSink, RequestCancelled, Ticket, initialize_params
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
@@ -96,7 +96,14 @@ class _Process:
             raise BackendUnavailable(f"backend {self.backend.name!r} closed its stdin", reason="backend_down") from None
 
     async def request(
-        self, method: str, params: Any, sink: MessageSink | None, timeout: float, *, ready_required: bool = True
+        self,
+        method: str,
+        params: Any,
+        sink: MessageSink | None,
+        timeout: float,
+        *,
+        ready_required: bool = True,
+        ticket: Ticket | None = None,
     ) -> Message:
         if ready_required and not self.ready:
             raise BackendUnavailable(
@@ -106,6 +113,9 @@ class _Process:
         upstream_id = self.next_id
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[upstream_id] = _Pending(future, sink, _progress_token(params))
+        if ticket is not None:
+            ticket.upstream_id = upstream_id
+            ticket.handle = self
         try:
             await self.write(encode(Message(id=upstream_id, method=method, params=params)) + b"\n")
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -376,11 +386,24 @@ class StdioBackend(Backend):
         session_key: str | None = None,
         sink: MessageSink | None = None,
         timeout: float | None = None,
+        era: str | None = None,
+        headers: dict[str, str] | None = None,
+        ticket: Ticket | None = None,
     ) -> Message:
-        """Send a request to the process and wait for its response."""
+        """Send a request to the process and wait for its response (handshake era over stdio)."""
         process = await self._process_for(session_key)
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
-        return await process.request(method, params, sink, limit)
+        return await process.request(method, params, sink, limit, ticket=ticket)
+
+    def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
+        """Send ``notifications/cancelled`` and stop waiting for the answer."""
+        process = ticket.handle
+        if process is None:
+            return
+        process._cancel_upstream(ticket.upstream_id, reason)
+        pending = process.pending.get(ticket.upstream_id)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(RequestCancelled(reason))
 
     async def notify(self, method: str, params: Raw | Any = UNSET, *, session_key: str | None = None) -> None:
         """Send a notification line."""

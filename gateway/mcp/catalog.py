@@ -28,8 +28,9 @@ from gateway.backends.base import Backend, BackendState
 from gateway.errors import GatewayError, InvalidParams
 from gateway.mcp.jsonrpc import UNSET, Raw, decode_any, encode
 from gateway.mcp.names import expose_name
+from gateway.mcp.stateless import x_mcp_headers
 
-__all__ = ["LIST_METHODS", "Catalog", "CatalogSnapshot"]
+__all__ = ["LIST_METHODS", "NO_HINT", "Catalog", "CatalogSnapshot", "Hint", "hint_of", "merge_hints"]
 
 log = logging.getLogger("gateway.catalog")
 
@@ -70,19 +71,60 @@ def decode_cursor(cursor: str) -> int:
     raise InvalidParams("invalid pagination cursor", reason="invalid_cursor")
 
 
+Hint = tuple[int, str]
+"""A list result's cache hint in the stateless era: ``(ttlMs, cacheScope)``."""
+
+NO_HINT: Hint = (0, "private")
+"""Used when no backend gave a hint (handshake-era backends): do not cache, per user."""
+
+
+def merge_hints(hints: Iterable[Hint]) -> Hint:
+    """The aggregate's hint: the smallest ttl, and private if any part is private."""
+    found = list(hints)
+    if not found:
+        return NO_HINT
+    ttl = min(h[0] for h in found)
+    scope = "private" if any(h[1] != "public" for h in found) else "public"
+    return ttl, scope
+
+
+def hint_of(result: dict[str, Any]) -> Hint | None:
+    """The ``(ttlMs, cacheScope)`` a stateless backend put on a result, if valid."""
+    ttl, scope = result.get("ttlMs"), result.get("cacheScope")
+    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 and scope in ("public", "private"):
+        return ttl, scope
+    return None
+
+
 class CatalogSnapshot:
-    """One immutable view of the aggregate: routing table and encoded pages."""
+    """One immutable view of the aggregate: routing table and encoded pages.
 
-    __slots__ = ("router", "items", "_pages", "page_size", "generation")
+    Pages are encoded twice: plain for the handshake era, and with
+    ``resultType``/``ttlMs``/``cacheScope`` for the stateless era.
+    """
 
-    def __init__(self, router: Router, items: dict[str, list[dict[str, Any]]], page_size: int, generation: int) -> None:
+    __slots__ = ("router", "items", "_pages", "_stateless_pages", "page_size", "generation", "hints", "_annotations")
+
+    def __init__(
+        self,
+        router: Router,
+        items: dict[str, list[dict[str, Any]]],
+        page_size: int,
+        generation: int,
+        hints: dict[str, Hint] | None = None,
+    ) -> None:
         self.router = router
         self.items = items
         self.page_size = page_size
         self.generation = generation
-        self._pages = {method: self._encode_pages(method, page_size) for method in LIST_METHODS}
+        self.hints = hints or {}
+        self._annotations: dict[str, Any] | None = None
+        self._pages = {method: self._encode_pages(method, page_size, None) for method in LIST_METHODS}
+        self._stateless_pages = {
+            method: self._encode_pages(method, page_size, self.hints.get(method, NO_HINT)) for method in LIST_METHODS
+        }
 
-    def _encode_pages(self, method: str, page_size: int) -> list[bytes]:
+    def _encode_pages(self, method: str, page_size: int, hint: Hint | None) -> list[bytes]:
         key = LIST_METHODS[method][0]
         items = self.items.get(method, [])
         pages = []
@@ -90,12 +132,22 @@ class CatalogSnapshot:
             result: dict[str, Any] = {key: items[start : start + page_size]}
             if start + page_size < len(items):
                 result["nextCursor"] = encode_cursor(start + page_size)
+            if hint is not None:
+                result.update(resultType="complete", ttlMs=hint[0], cacheScope=hint[1])
             pages.append(encode(result))
         return pages
 
-    def page(self, method: str, cursor: str | None) -> bytes:
+    def header_annotations(self, tool: str) -> list[tuple[tuple[str, ...], str, str]] | None:
+        """The ``x-mcp-header`` annotations of an exposed tool's input schema (built once per snapshot)."""
+        if self._annotations is None:
+            self._annotations = {
+                str(t.get("name")): x_mcp_headers(t.get("inputSchema")) for t in self.items.get("tools/list", ())
+            }
+        return self._annotations.get(tool)
+
+    def page(self, method: str, cursor: str | None, stateless: bool = False) -> bytes:
         """The encoded result of ``method`` for ``cursor`` (None: the first page)."""
-        pages = self._pages[method]
+        pages = self._stateless_pages[method] if stateless else self._pages[method]
         if cursor is None:
             return pages[0]
         offset = decode_cursor(cursor)
@@ -130,6 +182,8 @@ class Catalog:
         self.on_change = on_change
         # backend name -> list method -> that backend's own items (unprefixed)
         self._fetched: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        # backend name -> list method -> the cache hint its first page carried
+        self._hints: dict[str, dict[str, Hint]] = {}
         self._lock = asyncio.Lock()
         self._generation = 0
         self.snapshot = self._build()
@@ -156,14 +210,20 @@ class Catalog:
                 fetched.pop(method, None)
                 continue
             try:
-                fetched[method] = await self._fetch_all_pages(backend, method)
+                fetched[method], hint = await self._fetch_all_pages(backend, method)
+                hints = self._hints.setdefault(backend.name, {})
+                if hint is None:
+                    hints.pop(method, None)
+                else:
+                    hints[method] = hint
             except (GatewayError, asyncio.TimeoutError, ValueError, msgspec.DecodeError) as exc:
                 log.warning("backend %r: %s failed, its items are left out: %s", backend.name, method, exc)
                 fetched.pop(method, None)
 
-    async def _fetch_all_pages(self, backend: Backend, method: str) -> list[dict[str, Any]]:
+    async def _fetch_all_pages(self, backend: Backend, method: str) -> tuple[list[dict[str, Any]], Hint | None]:
         key = LIST_METHODS[method][0]
         items: list[dict[str, Any]] = []
+        hint: Hint | None = None
         cursor = None
         for _ in range(_MAX_BACKEND_PAGES):
             params = Raw(encode({"cursor": cursor})) if cursor else UNSET
@@ -175,11 +235,13 @@ class Catalog:
             if not isinstance(page, list):
                 raise ValueError(f"result has no {key!r} list")
             items.extend(item for item in page if isinstance(item, dict))
+            if hint is None:
+                hint = hint_of(result)
             cursor = result.get("nextCursor")
             if not cursor:
-                return items
+                return items, hint
         log.warning("backend %r: %s has more than %d pages; truncated", backend.name, method, _MAX_BACKEND_PAGES)
-        return items
+        return items, hint
 
     def _build(self) -> CatalogSnapshot:
         self._generation += 1
@@ -213,7 +275,16 @@ class Catalog:
             for tpl in fetched.get("resources/templates/list", ()):
                 uri_template = prefix_uri(namespace, str(tpl.get("uriTemplate", "")))
                 items["resources/templates/list"].append({**tpl, "uriTemplate": uri_template})
-        return CatalogSnapshot(router, items, self.page_size, self._generation)
+        return CatalogSnapshot(router, items, self.page_size, self._generation, self._merged_hints(order))
+
+    def _merged_hints(self, names: list[str]) -> dict[str, Hint]:
+        """Per list method, the hint of the aggregate over the backends that are listed."""
+        listed = [n for n in names if self.backends[n].state is BackendState.READY]
+        merged: dict[str, Hint] = {}
+        for method in LIST_METHODS:
+            parts = [self._hints.get(n, {}).get(method) for n in listed if method in self._fetched.get(n, {})]
+            merged[method] = NO_HINT if any(p is None for p in parts) else merge_hints(p for p in parts if p)
+        return merged
 
     def _route_only(
         self,
@@ -243,4 +314,5 @@ class Catalog:
                     log.warning("backend %r lists %r twice; the first one wins", name, item.get("name"))
         listed = backend is not None and backend.state is BackendState.READY
         items = {m: list(fetched.get(m, ())) if listed else [] for m in LIST_METHODS}
-        return CatalogSnapshot(router, items, self.page_size, self._generation)
+        hints = self._merged_hints([name]) if name is not None else {}
+        return CatalogSnapshot(router, items, self.page_size, self._generation, hints)

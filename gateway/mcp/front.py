@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from gateway import __version__
-from gateway.backends.base import Backend, MessageSink
+from gateway.backends.base import Backend, RequestCancelled, Ticket, with_envelope
 from gateway.config import Config
 from gateway.errors import (
     BackendTimeout,
@@ -43,12 +43,26 @@ from gateway.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
+    ResourceNotFound,
     SessionNotFound,
     error_body,
 )
 from gateway.mcp.catalog import LIST_METHODS, Catalog
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_message, encode, response_bytes
-from gateway.mcp.protocol_versions import BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE, SUPPORTED_VERSIONS
+from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, encode, response_bytes
+from gateway.mcp.protocol_versions import (
+    BATCH_VERSIONS,
+    HANDSHAKE_VERSIONS,
+    LATEST_HANDSHAKE,
+    STATELESS_VERSIONS,
+    SUPPORTED_VERSIONS,
+)
+from gateway.mcp.stateless import (
+    SERVER_INFO_KEY,
+    check_envelope,
+    check_param_headers,
+    encode_header_value,
+    param_headers,
+)
 from gateway.mcp.sessions import RequestContext, Session, SessionStore
 from gateway.server.api import Reply, Request
 
@@ -63,6 +77,22 @@ _ALLOW = (("allow", "GET, POST, DELETE"),)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 _EMPTY_RESULT = b"{}"
 _UNCHECKED: Any = object()
+_STATELESS_SET = frozenset(STATELESS_VERSIONS)
+_ENVELOPE_MARK = b"io.modelcontextprotocol/protocolVersion"
+# Stateless era: the HTTP status of a JSON-RPC error follows its code.
+_STATELESS_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
+# Server-to-client request -> the client capability it needs.
+_NEEDS_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+# The error object a backend sent, decoded only to read its code.
+_decode_error = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def _add_result_fields(result: bytes, fields: bytes) -> bytes:
+    """Splice pre-encoded ``"key":value`` pairs into a result object that lacks them."""
+    if not result.startswith(b"{"):
+        return result
+    rest = result[1:].lstrip()
+    return b"{" + fields + (b"}" if rest == b"}" else b"," + rest)
 
 
 class _InitializeParams(msgspec.Struct):
@@ -122,9 +152,29 @@ class McpFront:
             "tools/call": self._tools_call,
             "prompts/get": self._prompts_get,
             "resources/read": self._resources_read,
-            "logging/setLevel": self._ping,
+            "logging/setLevel": self._set_level,
+            "completion/complete": self._complete,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._subscribe,
             **{method: self._list for method in LIST_METHODS},
         }
+        # The stateless era's methods (no session, no subscribe/setLevel: those ride on _meta and listen).
+        self._stateless_handlers: dict[str, Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]]] = {
+            "server/discover": self._discover,
+            "ping": self._ping,
+            "tools/call": self._tools_call,
+            "prompts/get": self._prompts_get,
+            "resources/read": self._resources_read,
+            "completion/complete": self._complete,
+            "subscriptions/listen": self._listen,
+            **{method: self._list for method in LIST_METHODS},
+        }
+        # Server-to-client requests relayed to clients: gateway id -> (backend, upstream id, session key, session id).
+        self._relayed: dict[str, tuple[Backend, Any, str | None, str]] = {}
+        self._next_relay = 0
+        self._next_token = 0
+        # Open subscriptions/listen streams (stateless era).
+        self._listeners: set[_Listener] = set()
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -150,6 +200,10 @@ class McpFront:
             method = request.method
             if method == "POST":
                 await self._post(request, reply)
+            elif headers.get("mcp-protocol-version") in _STATELESS_SET and method in ("GET", "DELETE"):
+                # The stateless era has no session stream and nothing to delete.
+                err = MethodNotFound(f"{method} is not used in protocol version 2026-07-28", reason="method_not_allowed")
+                reply.send(405, (("allow", "POST"), *_JSON_HEADERS), error_body(None, err))
             elif method == "GET":
                 await self._get(request, reply)
             elif method == "DELETE":
@@ -251,6 +305,9 @@ class McpFront:
                 raise
             await self._batch(request, reply)
             return
+        if self._is_stateless(msg, headers):
+            await self._stateless_post(msg, headers, reply)
+            return
         if msg.method == "initialize":
             self._check_version_header(headers, None)
             self._initialize(msg, reply)
@@ -263,6 +320,47 @@ class McpFront:
             reply.send(202, (), b"")
             return
         body = await self._request(msg, ctx, reply)
+        if body is not None:
+            reply.send(200, _JSON_HEADER_LINES, body)
+
+    @staticmethod
+    def _is_stateless(msg: Message, headers: dict[str, str]) -> bool:
+        """Which era this POST belongs to, from ``MCP-Protocol-Version`` and then the body."""
+        version = headers.get("mcp-protocol-version")
+        if version is not None:
+            if version in _STATELESS_SET:
+                return True
+            if version in SUPPORTED_VERSIONS:
+                return False
+            # An unknown version without a session: answered with the stateless era's -32022.
+            return "mcp-session-id" not in headers and msg.method != "initialize"
+        if "mcp-session-id" in headers or msg.method == "initialize" or msg.params is UNSET:
+            return False
+        return _ENVELOPE_MARK in bytes(msg.params)
+
+    async def _stateless_post(self, msg: Message, headers: dict[str, str], reply: Reply) -> None:
+        """One 2026-07-28 request: envelope and header checks, then the method."""
+        if msg.method is UNSET or msg.id is UNSET:
+            # Client notifications and responses have no meaning on this wire: acknowledged, dropped.
+            reply.send(202, (), b"")
+            return
+        try:
+            params = decode_any(msg.params) if msg.params is not UNSET else {}
+            envelope = check_envelope(msg.method, params, headers)
+            level = envelope.log_level if isinstance(envelope.log_level, str) else None
+            ctx = RequestContext(
+                "stateless", envelope.version, None, envelope.capabilities, envelope.client_info, headers, level
+            )
+            handler = self._stateless_handlers.get(msg.method)
+            if handler is None:
+                raise MethodNotFound(f"method not found: {msg.method}")
+            body = await handler(msg, ctx, reply)
+        except GatewayError as err:
+            if reply.closed:
+                return
+            status = _STATELESS_STATUS.get(err.code, err.http_status)
+            reply.send(status, _JSON_HEADERS + err.headers, error_body(msg.id, err))
+            return
         if body is not None:
             reply.send(200, _JSON_HEADER_LINES, body)
 
@@ -319,12 +417,40 @@ class McpFront:
         reply.send(200, headers, response_bytes(msg.id, encode(result)))
 
     def _capabilities(self) -> dict[str, Any]:
-        return {
+        """What the gateway offers: lists with change notices and logging always; resource
+        subscriptions and completions when some backend offers them."""
+        caps: dict[str, Any] = {
             "tools": {"listChanged": True},
             "prompts": {"listChanged": True},
             "resources": {"listChanged": True},
             "logging": {},
         }
+        for backend in self.catalog.backends.values():
+            theirs = (backend.server_info or {}).get("capabilities") or {}
+            if isinstance(theirs.get("resources"), dict) and theirs["resources"].get("subscribe"):
+                caps["resources"]["subscribe"] = True
+            if "completions" in theirs:
+                caps["completions"] = {}
+        return caps
+
+    async def _discover(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes:
+        """``server/discover``: the gateway's own versions and capabilities (stateless era)."""
+        hints = [h for h in self.catalog.snapshot.hints.values()]
+        ttl = min((h[0] for h in hints), default=0)
+        scope = "private" if not hints or any(h[1] != "public" for h in hints) else "public"
+        result: dict[str, Any] = {
+            "resultType": "complete",
+            "supportedVersions": [*STATELESS_VERSIONS],
+            "capabilities": self._capabilities(),
+            "serverInfo": self._server_info,
+            "ttlMs": ttl,
+            "cacheScope": scope,
+            "_meta": {SERVER_INFO_KEY: self._server_info},
+        }
+        instructions = self._instructions()
+        if instructions:
+            result["instructions"] = instructions
+        return response_bytes(msg.id, encode(result))  # type: ignore[arg-type]
 
     def _instructions(self) -> str | None:
         """In passthrough mode the backend's own instructions are the gateway's."""
@@ -337,8 +463,48 @@ class McpFront:
 
     def _accept_client_message(self, msg: Message, ctx: RequestContext) -> None:
         """Notifications and responses from the client: nothing to answer."""
-        if msg.method == "notifications/initialized" and ctx.session is not None:
+        if msg.method is UNSET:
+            self._client_answered(msg, ctx)
+        elif msg.method == "notifications/initialized" and ctx.session is not None:
             ctx.session.initialized = True
+        elif msg.method == "notifications/cancelled" and ctx.session is not None:
+            self._client_cancelled(msg, ctx.session)
+
+    def _client_answered(self, msg: Message, ctx: RequestContext) -> None:
+        """A client's answer to a request a backend sent it: back to that backend, with its id."""
+        relayed = self._relayed.get(msg.id) if isinstance(msg.id, str) else None
+        if relayed is None or ctx.session is None or relayed[3] != ctx.session.id:
+            log.warning("client answer with unknown id %r dropped", msg.id)
+            return
+        del self._relayed[msg.id]  # type: ignore[arg-type]
+        backend, upstream_id, session_key, _ = relayed
+        result = msg.result if msg.result is not UNSET else None
+        error = msg.error if msg.error is not UNSET else None
+        if result is None and error is None:
+            error = Raw(encode({"code": -32603, "message": "client sent an empty answer"}))
+        self._spawn(backend.respond(upstream_id, result, error, session_key=session_key))
+
+    def _client_cancelled(self, msg: Message, session: Session) -> None:
+        try:
+            request_id = decode_any(msg.params).get("requestId") if msg.params is not UNSET else None
+        except (msgspec.DecodeError, AttributeError):
+            return
+        call = session.inflight.get(request_id)
+        if call is not None:
+            backend, ticket = call
+            backend.cancel(ticket, "cancelled by the client")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(self._quietly(coro))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    @staticmethod
+    async def _quietly(coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except GatewayError as err:
+            log.warning("relaying to a backend failed: %s", err.message)
 
     async def _request(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
         """Answer one request: its response bytes, or None if it was streamed to ``reply``."""
@@ -365,8 +531,21 @@ class McpFront:
                 cursor = _decode_list(msg.params).cursor
             except (msgspec.ValidationError, msgspec.DecodeError):
                 raise InvalidParams("bad list params") from None
-        page = self.catalog.snapshot.page(msg.method, cursor)  # type: ignore[arg-type]
+        page = self.catalog.snapshot.page(msg.method, cursor, ctx.era == "stateless")  # type: ignore[arg-type]
         return response_bytes(msg.id, page)  # type: ignore[arg-type]
+
+    async def _set_level(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes:
+        """``logging/setLevel`` (handshake era): kept per session and applied by the gateway to
+        the log notifications this client gets, so one client's level never changes another's."""
+        try:
+            level = decode_any(msg.params).get("level") if msg.params is not UNSET else None
+        except (msgspec.DecodeError, AttributeError):
+            level = None
+        if level not in _LEVELS:
+            raise InvalidParams(f"unknown log level {level!r}", reason="invalid_level")
+        if ctx.session is not None:
+            ctx.session.log_level = level
+        return response_bytes(msg.id, _EMPTY_RESULT)  # type: ignore[arg-type]
 
     # -- routed methods ----------------------------------------------------------------------
 
@@ -379,6 +558,35 @@ class McpFront:
     async def _resources_read(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
         return await self._routed(msg, ctx, reply, "uri", "resource")
 
+    async def _subscribe(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
+        """``resources/subscribe`` / ``unsubscribe``: to the resource's backend, remembered per session
+        so ``notifications/resources/updated`` reaches exactly the clients that asked."""
+        _, uri = self._params_with(msg, "uri")
+        body = await self._routed(msg, ctx, reply, "uri", "resource")
+        if ctx.session is not None:
+            if msg.method == "resources/subscribe":
+                ctx.session.subscriptions.add(uri)
+            else:
+                ctx.session.subscriptions.discard(uri)
+        return body
+
+    async def _complete(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
+        """``completion/complete``: routed by its ``ref`` (a prompt name or a resource template URI)."""
+        params, ref_raw = self._params_raw(msg, "ref")
+        ref = decode_any(ref_raw)
+        if not isinstance(ref, dict):
+            raise InvalidParams("params.ref must be an object")
+        key = "name" if ref.get("type") == "ref/prompt" else "uri"
+        value = ref.get(key)
+        if not isinstance(value, str):
+            raise InvalidParams(f"params.ref.{key} must be a string")
+        router = self.catalog.snapshot.router
+        route = router.resolve_prompt(value) if key == "name" else router.resolve_uri(value)
+        if route is None:
+            raise InvalidParams(f"unknown completion target: {value}", reason="unknown_ref", data={key: value})
+        params["ref"] = Raw(encode({**ref, key: route[1]}))
+        return await self._forward(msg, ctx, reply, route, params, None)
+
     async def _routed(self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str, kind: str) -> bytes | None:
         """Route by ``params[key]`` through the routing table, or answer -32602 for an unknown ``kind``."""
         params, value = self._params_with(msg, key)
@@ -386,8 +594,23 @@ class McpFront:
         resolve = router.resolve_tool if kind == "tool" else router.resolve_prompt if kind == "prompt" else router.resolve_uri
         route = resolve(value)
         if route is None:
+            if kind == "resource" and ctx.era == "handshake":
+                raise ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
             raise InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
-        return await self._forward(msg, ctx, reply, route, params, key)
+        if ctx.era == "stateless" and kind == "tool":
+            arguments = decode_any(params["arguments"]) if "arguments" in params else None
+            check_param_headers(self.catalog.snapshot.header_annotations(value), arguments, ctx.headers or {})
+        return await self._forward(msg, ctx, reply, route, params, key, value)
+
+    @staticmethod
+    def _params_raw(msg: Message, key: str) -> tuple[dict[str, Raw], Raw]:
+        if msg.params is UNSET:
+            raise InvalidParams(f"params.{key} is required")
+        try:
+            params = _decode_params(msg.params)
+            return params, params[key]
+        except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
+            raise InvalidParams(f"params must be an object with {key!r}") from None
 
     @staticmethod
     def _params_with(msg: Message, key: str) -> tuple[dict[str, Raw], str]:
@@ -410,25 +633,121 @@ class McpFront:
         reply: Reply | None,
         route: tuple[Backend, str],
         params: dict[str, Raw],
-        key: str,
+        key: str | None,
+        exposed: str = "",
     ) -> bytes | None:
+        """Send a routed request to its backend in the right era; stream what comes back."""
         backend, original = route
-        params[key] = Raw(encode(original))
+        if key is not None:
+            params[key] = Raw(encode(original))
+        era = backend.era_for(ctx.era)
         session_key = ctx.session_key if backend.config.session == "per-client" else None
-        stream = _ClientStream(reply, backend, session_key, self.on_backend_notification) if reply is not None else None
-        sink: MessageSink | None = stream.send if stream is not None else None
+        stream = _ClientStream(self, reply, backend, ctx, session_key) if reply is not None else None
+        if stream is not None and "_meta" in params:
+            self._remap_progress(params, stream)
+        headers = None
+        if era == "stateless":
+            headers = self._routing_headers(msg.method, params, key, original, exposed)  # type: ignore[arg-type]
+            body_params = Raw(encode(params))
+            if ctx.era == "handshake":
+                body_params = with_envelope(body_params, ctx.capabilities, ctx.client_info)
+        else:
+            body_params = Raw(encode(params))
+        ticket = Ticket()
+        session = ctx.session
+        if session is not None:
+            session.inflight[msg.id] = (backend, ticket)
+        elif reply is not None:
+            # Stateless era: the client closing its response stream is the cancel.
+            reply.on_disconnect = lambda: backend.cancel(ticket, "client closed the stream")
         try:
-            answer = await backend.request(msg.method, Raw(encode(params)), session_key=session_key, sink=sink)  # type: ignore[arg-type]
+            answer = await backend.request(
+                msg.method,  # type: ignore[arg-type]
+                body_params,
+                session_key=session_key,
+                sink=stream.send if stream is not None else None,
+                era=era,
+                headers=headers,
+                ticket=ticket,
+            )
         except (BackendUnavailable, BackendTimeout) as err:
             if stream is None or not stream.started:
                 raise
             stream.finish(error_body(msg.id, err))
             return None
-        body = self._response_for(msg.id, answer)
+        except RequestCancelled:
+            answer = Message(id=msg.id, error=Raw(encode({"code": -32800, "message": "request cancelled"})))
+        finally:
+            if session is not None:
+                session.inflight.pop(msg.id, None)
+            elif reply is not None:
+                reply.on_disconnect = None
+        body, status = self._translate(msg, ctx, era, answer)
         if stream is not None and stream.started:
             stream.finish(body)
             return None
+        if status != 200 and reply is not None:
+            reply.send(status, _JSON_HEADERS, body)
+            return None
         return body
+
+    def _routing_headers(
+        self, method: str, params: dict[str, Raw], key: str | None, original: str, exposed: str
+    ) -> dict[str, str]:
+        """``Mcp-Name`` and ``Mcp-Param-*`` for a stateless backend, from the body being sent."""
+        headers: dict[str, str] = {}
+        if key is not None:
+            headers["mcp-name"] = encode_header_value(original)
+        if method == "tools/call" and "arguments" in params:
+            annotations = self.catalog.snapshot.header_annotations(exposed)
+            if annotations:
+                headers.update(param_headers(annotations, decode_any(params["arguments"])))
+        return headers
+
+    def _remap_progress(self, params: dict[str, Raw], stream: _ClientStream) -> None:
+        """Give the request a gateway-unique progressToken (clients may reuse theirs); the
+        stream maps it back on each progress notification."""
+        meta = decode_any(params["_meta"])
+        if not isinstance(meta, dict) or "progressToken" not in meta:
+            return
+        self._next_token += 1
+        token = f"gw-{self._next_token}"
+        stream.progress = (token, meta["progressToken"])
+        meta["progressToken"] = token
+        params["_meta"] = Raw(encode(meta))
+
+    def _translate(self, msg: Message, ctx: RequestContext, era: str, answer: Message) -> tuple[bytes, int]:
+        """The backend's answer for this client: its id back, and what differs between eras
+        (resultType and cache hints for stateless clients; the resource-not-found code)."""
+        if answer.result is not UNSET:
+            result = answer.result
+            if ctx.era == "stateless" and era == "handshake":
+                extra = b'"resultType":"complete"'
+                if msg.method == "resources/read":
+                    extra += b',"ttlMs":0,"cacheScope":"private"'
+                result = Raw(_add_result_fields(bytes(result), extra))
+            return response_bytes(msg.id, result), 200  # type: ignore[arg-type]
+        if answer.error is UNSET:
+            err = InternalError("backend sent an empty response", reason="bad_backend_response")
+            return error_body(msg.id, err), 200
+        error = answer.error
+        code: Any = None
+        if ctx.era == "stateless" or msg.method == "resources/read":
+            try:
+                decoded = _decode_error(error)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                decoded = {}
+            code = decoded.get("code")
+            if msg.method == "resources/read":
+                if ctx.era == "stateless" and code == -32002:
+                    code = -32602
+                elif ctx.era == "handshake" and era == "stateless" and code == -32602:
+                    code = -32002
+                if code != decoded.get("code"):
+                    error = Raw(encode({**decoded, "code": code}))
+        body = encode(Message(id=msg.id, error=error))
+        status = _STATELESS_STATUS.get(code, 200) if ctx.era == "stateless" else 200
+        return body, status
 
     @staticmethod
     def _response_for(request_id: Any, answer: Message) -> bytes:
@@ -473,16 +792,82 @@ class McpFront:
         self.sessions.end(session.id)
         reply.send(200, (), b"")
 
+    # -- subscriptions/listen (stateless era) ---------------------------------------------------
+
+    async def _listen(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
+        """Open a notification stream: the acknowledgement first (what will be honoured), then
+        the change notices the client opted in to, each tagged with this request's id."""
+        assert reply is not None
+        params = decode_any(msg.params) if msg.params is not UNSET else {}
+        wanted = params.get("notifications") if isinstance(params, dict) else None
+        if not isinstance(wanted, dict):
+            raise InvalidParams("params.notifications must be an object")
+        honored: dict[str, Any] = {k: True for k in _LIST_FLAGS.values() if wanted.get(k) is True}
+        uris = wanted.get("resourceSubscriptions")
+        if isinstance(uris, list) and self._capabilities()["resources"].get("subscribe"):
+            honored["resourceSubscriptions"] = [u for u in uris if isinstance(u, str) and self._watch(u)]
+        listener = _Listener(reply, msg.id, honored)
+        reply.start_stream(200, _SSE_HEADERS)
+        ack = Message(method="notifications/subscriptions/acknowledged", params=Raw(encode({"notifications": honored})))
+        listener.send(ack)
+        self._listeners.add(listener)
+        try:
+            await self._keep_stream_alive(reply)
+        finally:
+            self._listeners.discard(listener)
+            if not reply.closed:
+                reply.end()
+        return None
+
+    def _watch(self, uri: str) -> bool:
+        """Subscribe upstream (shared session) for a listener's resource; False if nobody serves it."""
+        route = self.catalog.snapshot.router.resolve_uri(uri)
+        if route is None:
+            return False
+        backend, original = route
+        if "handshake" in backend.eras:
+            params = Raw(encode({"uri": original}))
+            self._spawn(self._request_quietly(backend, "resources/subscribe", params))
+        return True
+
+    @staticmethod
+    async def _request_quietly(backend: Backend, method: str, params: Raw) -> None:
+        await backend.request(method, params, era="handshake")
+
     # -- notifications to clients ------------------------------------------------------------
 
-    def broadcast(self, notification: bytes) -> int:
-        """Send one notification to every session's GET stream; returns how many got it."""
+    def broadcast(self, notification: bytes, method: str | None = None) -> int:
+        """Send one notification to every session's GET stream and to the listen streams that
+        opted in to ``method``; returns how many got it."""
         sent = 0
         event = _sse_event(notification)
         for session in self.sessions:
             stream = session.stream
             if stream is not None and not stream.closed:
                 stream.write(event)
+                sent += 1
+        flag = _LIST_FLAGS.get(method or "")
+        if flag is not None:
+            for listener in list(self._listeners):
+                if listener.honored.get(flag):
+                    listener.send(Message(method=method))
+                    sent += 1
+        return sent
+
+    def resource_updated(self, uri: str, params: Raw) -> int:
+        """``notifications/resources/updated`` for ``uri`` (as clients see it) to the sessions and
+        listen streams subscribed to it."""
+        note = Message(method="notifications/resources/updated", params=params)
+        event = _sse_event(encode(note))
+        sent = 0
+        for session in self.sessions:
+            stream = session.stream
+            if uri in session.subscriptions and stream is not None and not stream.closed:
+                stream.write(event)
+                sent += 1
+        for listener in list(self._listeners):
+            if uri in listener.honored.get("resourceSubscriptions", ()):
+                listener.send(note)
                 sent += 1
         return sent
 
@@ -498,38 +883,130 @@ class McpFront:
         reply.send(err.http_status, headers, error_body(request_id, err))
 
 
+_LIST_FLAGS = {
+    "notifications/tools/list_changed": "toolsListChanged",
+    "notifications/prompts/list_changed": "promptsListChanged",
+    "notifications/resources/list_changed": "resourcesListChanged",
+}
+_SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+
+
+class _Listener:
+    """One ``subscriptions/listen`` stream and what it opted in to."""
+
+    __slots__ = ("reply", "subscription_id", "honored")
+
+    def __init__(self, reply: Reply, subscription_id: Any, honored: dict[str, Any]) -> None:
+        self.reply = reply
+        self.subscription_id = subscription_id
+        self.honored = honored
+
+    def send(self, msg: Message) -> None:
+        """Write one notification tagged with the subscription id."""
+        if self.reply.closed:
+            return
+        params = decode_any(msg.params) if msg.params is not UNSET else {}
+        meta = params.setdefault("_meta", {}) if isinstance(params, dict) else {}
+        meta[_SUBSCRIPTION_KEY] = self.subscription_id
+        self.reply.write(_sse_event(encode(Message(method=msg.method, params=Raw(encode(params))))))
+
+
+_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_LEVEL_RANK = {name: rank for rank, name in enumerate(_LEVELS)}
+_background: set[asyncio.Future[None]] = set()
+
+
+def _level_of(msg: Message) -> str | None:
+    try:
+        level = decode_any(msg.params).get("level") if msg.params is not UNSET else None
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    return level if isinstance(level, str) else None
+
+
 class _ClientStream:
     """Turns a backend's mid-request messages into an SSE response, started lazily.
 
     A backend that answers with plain JSON never starts the stream, and the
     client gets JSON; the first progress or log message switches the response
-    to SSE so it reaches the client before the result.
+    to SSE so it reaches the client before the result. Progress tokens are
+    mapped back to the client's, log lines below the client's level are
+    dropped, and requests from the backend (sampling, elicitation, roots) are
+    relayed to the client with a gateway id, or refused when the client cannot
+    take them.
     """
 
-    __slots__ = ("reply", "backend", "session_key", "notice", "started")
+    __slots__ = ("front", "reply", "backend", "ctx", "session_key", "started", "progress")
 
     def __init__(
-        self,
-        reply: Reply,
-        backend: Backend,
-        session_key: str | None,
-        notice: Callable[[Backend, str | None, Message], None] | None,
+        self, front: McpFront, reply: Reply, backend: Backend, ctx: RequestContext, session_key: str | None
     ) -> None:
+        self.front = front
         self.reply = reply
         self.backend = backend
+        self.ctx = ctx
         self.session_key = session_key
-        self.notice = notice
         self.started = False
+        self.progress: tuple[str, Any] | None = None  # (gateway token, client token)
 
     def send(self, msg: Message) -> None:
-        if self.notice is not None and msg.id is UNSET:
-            self.notice(self.backend, self.session_key, msg)
+        if msg.id is not UNSET:
+            self._relay(msg)
+            return
+        notice = self.front.on_backend_notification
+        if notice is not None:
+            notice(self.backend, self.session_key, msg)
+        if msg.method == "notifications/progress" and self.progress is not None:
+            msg = self._client_progress(msg)
+        elif msg.method == "notifications/message" and self.ctx.log_level is not None:
+            level = _level_of(msg)
+            if level is not None and _LEVEL_RANK.get(level, 99) < _LEVEL_RANK.get(self.ctx.log_level, 0):
+                return
+        self._write(encode(msg))
+
+    def _write(self, data: bytes) -> None:
         if self.reply.closed:
             return
         if not self.started:
             self.started = True
             self.reply.start_stream(200, _SSE_HEADERS)
-        self.reply.write(_sse_event(encode(msg)))
+        self.reply.write(_sse_event(data))
+
+    def _client_progress(self, msg: Message) -> Message:
+        try:
+            params = decode_any(msg.params)
+        except msgspec.DecodeError:
+            return msg
+        assert self.progress is not None
+        if isinstance(params, dict) and params.get("progressToken") == self.progress[0]:
+            params["progressToken"] = self.progress[1]
+            return Message(method=msg.method, params=Raw(encode(params)))
+        return msg
+
+    def _relay(self, msg: Message) -> None:
+        """A request from the backend while it serves this client's request."""
+        if msg.method == "ping":
+            self.front._spawn(self.backend.respond(msg.id, Raw(b"{}"), session_key=self.session_key))
+            return
+        needed = _NEEDS_CAPABILITY.get(msg.method)  # type: ignore[arg-type]
+        session = self.ctx.session
+        reason = None
+        if session is None:
+            reason = "the client's protocol era has no server-to-client requests"
+        elif needed is None or needed not in (self.ctx.capabilities or {}):
+            reason = f"the client did not declare the {needed or msg.method} capability"
+        elif self.reply.closed:
+            reason = "the client's response stream is closed"
+        if reason is not None:
+            error = Raw(encode({"code": -32601, "message": f"{msg.method} refused by the gateway: {reason}"}))
+            self.front._spawn(self.backend.respond(msg.id, None, error, session_key=self.session_key))
+            return
+        assert session is not None
+        front = self.front
+        front._next_relay += 1
+        relay_id = f"gw-r{front._next_relay}"
+        front._relayed[relay_id] = (self.backend, msg.id, self.session_key, session.id)
+        self._write(encode(Message(id=relay_id, method=msg.method, params=msg.params)))
 
     def finish(self, body: bytes) -> None:
         if not self.reply.closed:

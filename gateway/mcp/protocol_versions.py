@@ -6,6 +6,8 @@ __all__ = [
     "BATCH_VERSIONS",
     "HANDSHAKE_VERSIONS",
     "LATEST_HANDSHAKE",
+    "STATELESS_VERSION",
+    "STATELESS_VERSIONS",
     "SUPPORTED_VERSIONS",
 ]
 
@@ -22,3 +24,9 @@ SUPPORTED_VERSIONS: frozenset[str] = frozenset(HANDSHAKE_VERSIONS)
 
 BATCH_VERSIONS: frozenset[str] = frozenset({"2025-03-26"})
 """Versions whose clients may send JSON-RPC batches (removed in 2025-06-18)."""
+
+STATELESS_VERSIONS: tuple[str, ...] = ("2026-07-28",)
+"""Stateless-era versions: no handshake, ``_meta`` on every request."""
+
+STATELESS_VERSION = STATELESS_VERSIONS[-1]
+"""The stateless version the gateway speaks to backends that support it."""

@@ -31,7 +31,10 @@ __all__ = ["RequestContext", "Session", "SessionStore"]
 class Session:
     """One handshake-era client session."""
 
-    __slots__ = ("id", "protocol_version", "client_capabilities", "client_info", "last_seen", "stream", "initialized")
+    __slots__ = (
+        "id", "protocol_version", "client_capabilities", "client_info", "last_seen", "stream", "initialized",
+        "inflight", "subscriptions", "log_level",
+    )
 
     def __init__(self, session_id: str, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> None:
         self.id = session_id
@@ -42,6 +45,13 @@ class Session:
         # The client's GET stream (at most one): where notifications go.
         self.stream: Reply | None = None
         self.initialized = False
+        # The client's request id -> the backend call serving it, so
+        # notifications/cancelled can reach the right backend request.
+        self.inflight: dict[Any, tuple[Any, Any]] = {}
+        # Resource URIs (as the client sees them) this session subscribed to.
+        self.subscriptions: set[str] = set()
+        # Set by logging/setLevel: log notifications below it are not sent to this client.
+        self.log_level: str | None = None
 
 
 class RequestContext:
@@ -51,13 +61,34 @@ class RequestContext:
     per-client upstream session (the front session id, when there is one).
     """
 
-    __slots__ = ("era", "protocol_version", "session", "session_key")
+    __slots__ = (
+        "era", "protocol_version", "session", "session_key", "capabilities", "client_info", "headers", "log_level",
+    )
 
-    def __init__(self, era: str, protocol_version: str, session: Session | None) -> None:
+    def __init__(
+        self,
+        era: str,
+        protocol_version: str,
+        session: Session | None,
+        capabilities: dict[str, Any] | None = None,
+        client_info: Any = None,
+        headers: dict[str, str] | None = None,
+        log_level: str | None = None,
+    ) -> None:
         self.era = era
         self.protocol_version = protocol_version
         self.session = session
         self.session_key = session.id if session is not None else None
+        # What the client declared: from initialize (handshake) or _meta (stateless).
+        if session is not None:
+            capabilities, client_info = session.client_capabilities, session.client_info
+            log_level = session.log_level
+        # The least severe log level the client wants (None: all).
+        self.log_level = log_level
+        self.capabilities = capabilities or {}
+        self.client_info = client_info
+        # The request's headers (stateless era: Mcp-Param-* are checked against the body).
+        self.headers = headers
 
 
 class SessionStore:

@@ -74,5 +74,8 @@ class Reply(Protocol):
     async def wait_closed(self) -> None:
         """Return when the client disconnects or the server shuts down (for GET streams)."""
 
+    on_disconnect: Callable[[], None] | None
+    """Set by the app: called once if the client disconnects before the reply ended."""
+
 
 App = Callable[[Request, Reply], Awaitable[None]]

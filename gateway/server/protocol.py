@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import httptools
@@ -54,7 +54,9 @@ class _Reject(Exception):
 class _Cycle:
     """One request/response exchange; implements ``gateway.server.api.Reply``."""
 
-    __slots__ = ("proto", "keep_alive", "buffer", "head_sent", "streaming", "done", "_closed", "_stopping", "_waiter")
+    __slots__ = (
+        "proto", "keep_alive", "buffer", "head_sent", "streaming", "done", "_closed", "_stopping", "_waiter", "on_disconnect",
+    )
 
     def __init__(self, proto: HttpProtocol, keep_alive: bool) -> None:
         self.proto = proto
@@ -66,6 +68,8 @@ class _Cycle:
         self._closed = False  # the client is gone: nothing can be written
         self._stopping = False  # the server is shutting down: streams should end
         self._waiter: asyncio.Future[None] | None = None
+        # Called once if the client goes away before the reply ended (stateless-era cancel).
+        self.on_disconnect: Callable[[], None] | None = None
 
     # -- Reply ----------------------------------------------------------------------------------
 
@@ -146,6 +150,9 @@ class _Cycle:
     def _mark_closed(self) -> None:
         self._closed = True
         self._wake()
+        callback, self.on_disconnect = self.on_disconnect, None
+        if callback is not None and not self.done:
+            callback()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
