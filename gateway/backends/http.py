@@ -56,7 +56,10 @@ class _SessionExpired(Exception):
 class _Exchange:
     """One request/response on a connection."""
 
-    __slots__ = ("future", "upstream_id", "sink", "status", "headers", "body", "sse", "got_bytes", "answered")
+    __slots__ = (
+        "future", "upstream_id", "sink", "status", "headers", "body", "sse", "got_bytes", "answered", "session",
+        "resumes", "last_id", "retry",
+    )
 
     def __init__(self, upstream_id: Any, sink: MessageSink | None) -> None:
         self.future: asyncio.Future[tuple[Message | None, dict[str, str]]] = asyncio.get_running_loop().create_future()
@@ -68,6 +71,12 @@ class _Exchange:
         self.sse: SseParser | None = None
         self.got_bytes = False
         self.answered = False
+        self.session: _UpSession | None = None
+        # SSE resumption (the backend may close a response stream and expect a GET
+        # with Last-Event-ID): attempts so far, the last event id, the retry hint.
+        self.resumes = 0
+        self.last_id: str | None = None
+        self.retry: int | None = None
 
     def resolve(self, msg: Message | None) -> None:
         if not self.future.done():
@@ -133,6 +142,10 @@ class _Conn(asyncio.Protocol):
             exchange.body.append(body)
             return
         for event in exchange.sse.feed(body):
+            if event.id is not None:
+                exchange.last_id = event.id
+            if event.retry is not None:
+                exchange.retry = event.retry
             self.backend._on_stream_message(exchange, event.data)
 
     def on_message_complete(self) -> None:
@@ -483,6 +496,7 @@ class HttpBackend(Backend):
         for attempt in (1, 2):
             conn = await self._acquire()
             exchange = _Exchange(upstream_id, sink)
+            exchange.session = session
             if ticket is not None:
                 ticket.upstream_id = upstream_id
                 ticket.handle = (session, conn, exchange)
@@ -570,6 +584,9 @@ class HttpBackend(Backend):
         if exchange.sse is not None:
             if exchange.upstream_id is None:
                 exchange.resolve(None)
+            elif exchange.last_id is not None and exchange.session is not None and exchange.resumes < 5:
+                exchange.resumes += 1
+                self._spawn(self._resume(exchange))
             else:
                 exchange.fail(BackendUnavailable(f"backend {self.name!r} ended its stream without a response"))
             return
@@ -591,6 +608,35 @@ class HttpBackend(Backend):
             exchange.fail(BackendUnavailable(f"backend {self.name!r} answered with the wrong id {msg.id!r}"))
             return
         exchange.resolve(msg)
+
+    async def _resume(self, exchange: _Exchange) -> None:
+        """The backend closed a response stream before answering (SSE polling): wait the
+        retry it asked for, then GET the rest of the stream with ``Last-Event-ID``."""
+        await asyncio.sleep(min((exchange.retry or 100) / 1000, 5.0))
+        if exchange.future.done():
+            return
+        session = exchange.session
+        assert session is not None
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(self), self.host, self.port), self.config.connect_timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            exchange.fail(BackendUnavailable(f"backend {self.name!r}: cannot resume its stream: {exc}"))
+            return
+        head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
+            b"accept: application/json, text/event-stream", b"accept: text/event-stream"
+        )
+        if session.version:
+            head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
+        if session.session_id:
+            head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
+        head += b"last-event-id: " + (exchange.last_id or "").encode("latin-1") + b"\r\n\r\n"
+        exchange.status = 0
+        exchange.headers = {}
+        exchange.sse = None
+        conn.send(exchange, head)
 
     # -- the GET stream -------------------------------------------------------------------------
 

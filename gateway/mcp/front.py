@@ -140,6 +140,9 @@ class McpFront:
         self._allowed_hosts = self._build_allowed_hosts()
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in config.server.allowed_origins)
         self._keepalive = config.server.sse_keepalive
+        self._passthrough_backend = (
+            next(iter(catalog.backends.values())) if config.gateway.passthrough and catalog.backends else None
+        )
         # Header checks depend only on a few header values, which repeat from request
         # to request: remember each verdict (bounded) instead of re-parsing every time.
         self._verdicts: dict[tuple[str | None, ...], GatewayError | None] = {}
@@ -161,7 +164,6 @@ class McpFront:
         # The stateless era's methods (no session, no subscribe/setLevel: those ride on _meta and listen).
         self._stateless_handlers: dict[str, Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]]] = {
             "server/discover": self._discover,
-            "ping": self._ping,
             "tools/call": self._tools_call,
             "prompts/get": self._prompts_get,
             "resources/read": self._resources_read,
@@ -593,6 +595,9 @@ class McpFront:
         router = self.catalog.snapshot.router
         resolve = router.resolve_tool if kind == "tool" else router.resolve_prompt if kind == "prompt" else router.resolve_uri
         route = resolve(value)
+        if route is None and self._passthrough_backend is not None:
+            # Passthrough: the backend answers for names it did not list, as it would directly.
+            route = (self._passthrough_backend, value)
         if route is None:
             if kind == "resource" and ctx.era == "handshake":
                 raise ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
