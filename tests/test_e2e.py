@@ -67,13 +67,30 @@ BACKENDS = ["local", "web", "everything"]
 KINDS = ["tools", "prompts", "resources", "resourceTemplates"]
 
 
+async def _never(*args: object) -> None:
+    raise AssertionError("not called by a list request")
+
+
+# The gateway's shared upstream session declares sampling, elicitation and roots (it
+# relays them to clients that declare them), and server-everything lists some tools
+# only to clients with those capabilities: the direct client declares the same.
+# Listed by server-everything only to clients that declare URL-mode elicitation or
+# tasks, which the gateway does not relay (yet), so the gateway does not declare them.
+_NEEDS_UNDECLARED = {"trigger-url-elicitation", "simulate-research-query"}
+_SAME_CAPABILITIES = {"sampling_callback": _never, "elicitation_callback": _never, "list_roots_callback": _never}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_lists_equal_direct(gw: Child, http_backend: Child, backend: str) -> None:
-    async with Client(gw.url, mode="legacy") as via, Client(direct_target(backend, http_backend), mode="legacy") as direct:
+    direct_client = Client(direct_target(backend, http_backend), mode="legacy", **_SAME_CAPABILITIES)  # type: ignore[arg-type]
+    async with Client(gw.url, mode="legacy") as via, direct_client as direct:
         for kind in KINDS:
             through = strip_prefix(kind, backend, await list_all(via, kind))
             expected = [i.model_dump(by_alias=True, exclude_none=True) for i in await list_all(direct, kind)]
-            assert through == expected, f"{backend} {kind} differ"
+            names = {i.get("name") for i in through}
+            left_out = [i.get("name") for i in expected if i.get("name") not in names]
+            assert set(left_out) <= _NEEDS_UNDECLARED, f"{backend} {kind}: {left_out} missing"
+            assert through == [i for i in expected if i.get("name") in names], f"{backend} {kind} differ"
         assert through is not None
 
 

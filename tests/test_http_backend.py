@@ -111,6 +111,10 @@ def basic(sessions: list[str], *, expire_first_call: bool = False, silent_tool: 
         msg = req["body"]
         if "id" not in msg:
             return 202, {}, b""
+        if msg["method"] == "server/discover":
+            # What a handshake-only server says to a request without a session.
+            error = {"code": -32600, "message": "Bad Request: Missing session ID"}
+            return 400, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}).encode()
         if msg["method"] == "initialize":
             sessions.append(f"s{len(sessions) + 1}")
             res = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}

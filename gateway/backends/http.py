@@ -42,6 +42,7 @@ from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.mcp.protocol_versions import STATELESS_VERSION, STATELESS_VERSIONS
+from gateway.mcp.stateless import NAME_PARAM, encode_header_value
 
 __all__ = ["HttpBackend"]
 
@@ -396,8 +397,12 @@ class HttpBackend(Backend):
         ticket: Ticket | None,
     ) -> Message:
         """One self-contained 2026-07-28 POST: routing headers, ``_meta`` in params, no session."""
-        if params is UNSET or b'"_meta"' not in bytes(params):
+        if params is UNSET or b"io.modelcontextprotocol/protocolVersion" not in bytes(params):
             params = with_envelope(params)
+        if headers is None and method in NAME_PARAM:
+            # The gateway's own request: mirror the name into Mcp-Name as the era requires.
+            value = decode_any(params).get(NAME_PARAM[method])
+            headers = {"mcp-name": encode_header_value(value)} if isinstance(value, str) else None
         extra = [f"mcp-method: {method}\r\n"]
         if headers:
             extra += [f"{k}: {v}\r\n" for k, v in headers.items()]
