@@ -87,6 +87,18 @@ _NEEDS_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create":
 _decode_error = msgspec.json.Decoder(dict[str, Any]).decode
 
 
+def _strip_envelope(params: dict[str, Raw]) -> None:
+    """Remove the stateless era's ``_meta`` keys (protocol version, capabilities, client
+    info, log level) before a request goes to a handshake-era backend."""
+    meta = decode_any(params["_meta"])
+    if isinstance(meta, dict):
+        kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+        if kept:
+            params["_meta"] = Raw(encode(kept))
+        else:
+            del params["_meta"]
+
+
 def _add_result_fields(result: bytes, fields: bytes) -> bytes:
     """Splice pre-encoded ``"key":value`` pairs into a result object that lacks them."""
     if not result.startswith(b"{"):
@@ -657,6 +669,8 @@ class McpFront:
             if ctx.era == "handshake":
                 body_params = with_envelope(body_params, ctx.capabilities, ctx.client_info)
         else:
+            if ctx.era == "stateless" and "_meta" in params:
+                _strip_envelope(params)  # a handshake-era server refuses the stateless envelope
             body_params = Raw(encode(params))
         ticket = Ticket()
         session = ctx.session
@@ -681,7 +695,12 @@ class McpFront:
             stream.finish(error_body(msg.id, err))
             return None
         except RequestCancelled:
-            answer = Message(id=msg.id, error=Raw(encode({"code": -32800, "message": "request cancelled"})))
+            # The client cancelled: it expects no JSON-RPC response (the spec says none is sent).
+            if stream is not None and stream.started:
+                stream.reply.end()
+            elif reply is not None and not reply.closed:
+                reply.send(202, (), b"")
+            return None
         finally:
             if session is not None:
                 session.inflight.pop(msg.id, None)

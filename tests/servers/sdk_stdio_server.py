@@ -34,9 +34,14 @@ def add(a: int, b: int) -> int:
 async def slow(seconds: float, ctx: Context) -> str:
     """Sleep, reporting progress twice."""
     await ctx.report_progress(0, 2)
-    await asyncio.sleep(seconds / 2)
-    await ctx.report_progress(1, 2)
-    await asyncio.sleep(seconds / 2)
+    try:
+        await asyncio.sleep(seconds / 2)
+        await ctx.report_progress(1, 2)
+        await asyncio.sleep(seconds / 2)
+    except asyncio.CancelledError:
+        # Seen on stderr (the gateway logs it): proves a client's cancel reached us.
+        print(f"slow({seconds}) cancelled", file=sys.stderr, flush=True)
+        raise
     return f"slept {seconds}"
 
 

@@ -1,0 +1,164 @@
+"""The official SDK ``Client`` in each of its modes against one aggregating gateway
+with backends of both eras: the conformance fixture over HTTP (speaks the
+handshake and the stateless era) and an SDK server over stdio (handshake era
+only, so stateless clients reach it through the gateway's translation).
+
+Each feature is its own test, run in ``legacy`` (handshake), ``2026-07-28``
+(stateless) and ``auto`` mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import mcp.types as types
+import pytest
+from mcp import Client
+
+from tests.support import SERVERS, Child, gateway
+
+MODES = ["legacy", "2026-07-28", "auto"]
+
+
+@pytest.fixture(scope="module")
+def fixture_http() -> Child:
+    child = Child([sys.executable, str(SERVERS / "conformance_server.py"), "--port", "0"], "listening on")
+    yield child
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+def gw2(fixture_http: Child, tmp_path_factory: pytest.TempPathFactory) -> Child:
+    path = tmp_path_factory.mktemp("modes") / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+request_timeout = 20
+
+[backends.fx]
+url = "{fixture_http.url}"
+
+[backends.local]
+command = {sys.executable!r}
+args = [{str(SERVERS / "sdk_stdio_server.py")!r}]
+"""
+    )
+    child = gateway(path)
+    yield child
+    assert child.stop() == 0
+
+
+async def _elicit(context: object, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"response": "yes", "name": "Ada"})
+
+
+async def _sample(context: object, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="Paris"), model="test-model"
+    )
+
+
+def client(gw: Child, mode: str, **kwargs: object) -> Client:
+    return Client(gw.url, mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+def text(result: types.CallToolResult | types.GetPromptResult) -> str:
+    if isinstance(result, types.CallToolResult):
+        return result.content[0].text  # type: ignore[union-attr]
+    return result.messages[0].content.text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_of_both_backend_eras(gw2: Child, mode: str) -> None:
+    async with client(gw2, mode) as c:
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert {"fx__test_simple_text", "local__echo"} <= names
+        assert text(await c.call_tool("fx__test_simple_text", {})) == "This is a simple text response for testing."
+        assert text(await c.call_tool("local__echo", {"text": "hi"})) == "hi"
+        error = await c.call_tool("fx__test_error_handling", {})
+        assert error.is_error
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_and_prompts(gw2: Child, mode: str) -> None:
+    async with client(gw2, mode) as c:
+        uris = {str(r.uri) for r in (await c.list_resources()).resources}
+        assert "fx+test://static-text" in uris and "local+notes://readme" in uris
+        read = await c.read_resource("fx+test://static-text")
+        assert read.contents[0].text == "This is the content of the static text resource."  # type: ignore[union-attr]
+        templated = await c.read_resource("fx+test://template/42/data")
+        assert '"id": "42"' in templated.contents[0].text  # type: ignore[union-attr]
+        assert "42" in (await c.read_resource("local+notes://note/42")).contents[0].text  # type: ignore[union-attr]
+        prompt = await c.get_prompt("fx__test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
+        assert text(prompt) == "Prompt with arguments: arg1='a', arg2='b'"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress(gw2: Child, mode: str) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with client(gw2, mode) as c:
+        await c.call_tool("fx__test_tool_with_progress", {}, progress_callback=on_progress)
+        assert seen == [0, 50, 100]
+        seen.clear()
+        await c.call_tool("local__slow", {"seconds": 0.1}, progress_callback=on_progress)
+        assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_logging(gw2: Child, mode: str) -> None:
+    lines: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        lines.append(str(params.data))
+
+    async with client(gw2, mode, logging_callback=on_log, log_level="info") as c:
+        result = await c.call_tool("fx__test_tool_with_logging", {})
+        assert text(result) == "Tool with logging executed successfully"
+        assert lines == ["Tool execution started", "Tool processing data", "Tool execution completed"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_elicitation(gw2: Child, mode: str) -> None:
+    async with client(gw2, mode, elicitation_callback=_elicit) as c:
+        if c.session.protocol_version == "2026-07-28":
+            # Stateless era: the backend asks with an input_required result; the client answers and retries.
+            assert text(await c.call_tool("fx__test_input_required_result_elicitation", {})) == "Hello, Ada!"
+        else:
+            # Handshake era: the backend's elicitation/create is relayed to this client and back.
+            result = await c.call_tool("fx__test_elicitation", {"message": "ok?"})
+            assert text(result) == 'User response: action=accept, content={"response":"yes"}'
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sampling(gw2: Child, mode: str) -> None:
+    async with client(gw2, mode, sampling_callback=_sample) as c:
+        if c.session.protocol_version == "2026-07-28":
+            assert text(await c.call_tool("fx__test_input_required_result_sampling", {})) == "Model said: Paris"
+        else:
+            assert text(await c.call_tool("fx__test_sampling", {"prompt": "capital?"})) == "LLM response: Paris"
+
+
+async def test_a_client_without_the_capability_is_not_asked(gw2: Child) -> None:
+    """No elicitation callback, so none declared: the gateway refuses the backend's request for this client."""
+    async with client(gw2, "legacy") as c:
+        result = await c.call_tool("fx__test_elicitation", {"message": "ok?"})
+        assert text(result).startswith("Elicitation not supported or error")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancellation_reaches_the_backend(gw2: Child, mode: str) -> None:
+    seconds = 30 + MODES.index(mode)  # tells this mode's cancel apart in the log
+    async with client(gw2, mode) as c:
+        with pytest.raises(Exception):
+            await c.call_tool("local__slow", {"seconds": seconds}, read_timeout_seconds=0.5)
+    marker = f"slow({float(seconds)}) cancelled"
+    deadline = time.monotonic() + 10
+    while marker not in gw2.stderr_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert marker in gw2.stderr_text()
