@@ -30,7 +30,19 @@ def fixture_http() -> Child:
 
 
 @pytest.fixture(scope="module")
-def gw2(fixture_http: Child, tmp_path_factory: pytest.TempPathFactory) -> Child:
+def one_era() -> dict[str, Child]:
+    """The same fixture restricted to one era each, as older and newer servers are."""
+    children = {
+        era: Child([sys.executable, str(SERVERS / "conformance_server.py"), "--era", era], "listening on")
+        for era in ("handshake", "stateless")
+    }
+    yield children
+    for child in children.values():
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def gw2(fixture_http: Child, one_era: dict[str, Child], tmp_path_factory: pytest.TempPathFactory) -> Child:
     path = tmp_path_factory.mktemp("modes") / "gateway.toml"
     path.write_text(
         f"""
@@ -39,6 +51,12 @@ request_timeout = 20
 
 [backends.fx]
 url = "{fixture_http.url}"
+
+[backends.hs]
+url = "{one_era["handshake"].url}"
+
+[backends.st]
+url = "{one_era["stateless"].url}"
 
 [backends.local]
 command = {sys.executable!r}
@@ -142,6 +160,26 @@ async def test_sampling(gw2: Child, mode: str) -> None:
             assert text(await c.call_tool("fx__test_input_required_result_sampling", {})) == "Model said: Paris"
         else:
             assert text(await c.call_tool("fx__test_sampling", {"prompt": "capital?"})) == "LLM response: Paris"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_elicitation_and_sampling_bridged_between_eras(gw2: Child, mode: str) -> None:
+    """A handshake client reaching a stateless-only backend gets the backend's input_required
+    as requests on its stream; a stateless client reaching a handshake-only backend gets the
+    backend's requests as input_required. Either way the tool completes with the answers."""
+    async with client(gw2, mode, elicitation_callback=_elicit, sampling_callback=_sample) as c:
+        if c.session.protocol_version == "2026-07-28":
+            other = "hs"  # handshake-only: its elicitation/create becomes input_required
+            assert text(await c.call_tool(f"{other}__test_elicitation", {"message": "ok?"})) == (
+                'User response: action=accept, content={"response":"yes"}'
+            )
+            assert text(await c.call_tool(f"{other}__test_sampling", {"prompt": "capital?"})) == "LLM response: Paris"
+        else:
+            other = "st"  # stateless-only: its input_required becomes requests to this client
+            assert text(await c.call_tool(f"{other}__test_input_required_result_elicitation", {})) == "Hello, Ada!"
+            assert text(await c.call_tool(f"{other}__test_input_required_result_sampling", {})) == "Model said: Paris"
+        result = await c.call_tool(f"{other}__test_simple_text", {})
+        assert text(result) == "This is a simple text response for testing."
 
 
 async def test_a_client_without_the_capability_is_not_asked(gw2: Child) -> None:

@@ -47,6 +47,7 @@ from gateway.errors import (
     SessionNotFound,
     error_body,
 )
+from gateway.mcp.bridge import MAX_ROUNDS, PendingCall, PendingCalls
 from gateway.mcp.catalog import LIST_METHODS, Catalog
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, encode, response_bytes
 from gateway.mcp.protocol_versions import (
@@ -183,8 +184,11 @@ class McpFront:
             "subscriptions/listen": self._listen,
             **{method: self._list for method in LIST_METHODS},
         }
-        # Server-to-client requests relayed to clients: gateway id -> (backend, upstream id, session key, session id).
-        self._relayed: dict[str, tuple[Backend, Any, str | None, str]] = {}
+        # Requests sent to handshake-era clients (relayed from a backend or asked by the
+        # gateway itself): gateway id -> (what to do with the answer, the session asked).
+        self._relayed: dict[str, tuple[Callable[[Raw | None, Raw | None], None], str]] = {}
+        # Handshake backends' calls waiting for a stateless client's input (requestState -> call).
+        self._pending = PendingCalls(lambda call: call.task.cancel())
         self._next_relay = 0
         self._next_token = 0
         # Open subscriptions/listen streams (stateless era).
@@ -487,16 +491,15 @@ class McpFront:
     def _client_answered(self, msg: Message, ctx: RequestContext) -> None:
         """A client's answer to a request a backend sent it: back to that backend, with its id."""
         relayed = self._relayed.get(msg.id) if isinstance(msg.id, str) else None
-        if relayed is None or ctx.session is None or relayed[3] != ctx.session.id:
+        if relayed is None or ctx.session is None or relayed[1] != ctx.session.id:
             log.warning("client answer with unknown id %r dropped", msg.id)
             return
         del self._relayed[msg.id]  # type: ignore[arg-type]
-        backend, upstream_id, session_key, _ = relayed
         result = msg.result if msg.result is not UNSET else None
         error = msg.error if msg.error is not UNSET else None
         if result is None and error is None:
             error = Raw(encode({"code": -32603, "message": "client sent an empty answer"}))
-        self._spawn(backend.respond(upstream_id, result, error, session_key=session_key))
+        relayed[0](result, error)
 
     def _client_cancelled(self, msg: Message, session: Session) -> None:
         try:
@@ -507,6 +510,10 @@ class McpFront:
         if call is not None:
             backend, ticket = call
             backend.cancel(ticket, "cancelled by the client")
+
+    def _relay_id(self) -> str:
+        self._next_relay += 1
+        return f"gw-r{self._next_relay}"
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(self._quietly(coro))
@@ -680,15 +687,22 @@ class McpFront:
             # Stateless era: the client closing its response stream is the cancel.
             reply.on_disconnect = lambda: backend.cancel(ticket, "client closed the stream")
         try:
-            answer = await backend.request(
-                msg.method,  # type: ignore[arg-type]
-                body_params,
-                session_key=session_key,
-                sink=stream.send if stream is not None else None,
-                era=era,
-                headers=headers,
-                ticket=ticket,
-            )
+            if ctx.era == "stateless" and era == "handshake" and stream is not None:
+                answer = await self._call_for_stateless(msg, ctx, backend, params, body_params, session_key, stream, ticket)
+                if answer is None:  # the backend asked something: the client got input_required
+                    return None
+            else:
+                answer = await backend.request(
+                    msg.method,  # type: ignore[arg-type]
+                    body_params,
+                    session_key=session_key,
+                    sink=stream.send if stream is not None else None,
+                    era=era,
+                    headers=headers,
+                    ticket=ticket,
+                )
+                if ctx.era == "handshake" and era == "stateless" and stream is not None:
+                    answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
         except (BackendUnavailable, BackendTimeout) as err:
             if stream is None or not stream.started:
                 raise
@@ -714,6 +728,117 @@ class McpFront:
             reply.send(status, _JSON_HEADERS, body)
             return None
         return body
+
+    async def _call_for_stateless(
+        self,
+        msg: Message,
+        ctx: RequestContext,
+        backend: Backend,
+        params: dict[str, Raw],
+        body_params: Raw,
+        session_key: str | None,
+        stream: _ClientStream,
+        ticket: Ticket,
+    ) -> Message | None:
+        """A stateless client's call to a handshake backend. If the backend asks the client
+        something, answer ``input_required`` now and keep the call open for the retry."""
+        name = decode_any(params["name"]) if "name" in params else None
+        token = decode_any(params["requestState"]) if "requestState" in params else None
+        call = self._pending.take(token, msg.method, name) if token is not None else None  # type: ignore[arg-type]
+        if token is not None and call is None:
+            raise InvalidParams("requestState is unknown or expired: call again without it", reason="unknown_request_state")
+        if call is None:
+            stripped = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+            if len(stripped) != len(params):
+                body_params = Raw(encode(stripped))
+            task = asyncio.ensure_future(
+                backend.request(
+                    msg.method,  # type: ignore[arg-type]
+                    body_params,
+                    session_key=session_key,
+                    sink=stream.send,
+                    era="handshake",
+                    ticket=ticket,
+                )
+            )
+            call = PendingCall(task, msg.method, name, backend.config.request_timeout or self.config.gateway.request_timeout)  # type: ignore[arg-type]
+            call.stream = stream
+            call.ticket = ticket
+        else:
+            self._answer_backend(call, backend, session_key, params)
+            call.stream.rebind(stream)
+        stream = call.stream
+        stream.pending = call
+        held = call
+        # Closing this response stream cancels the held backend call (the stateless era's cancel).
+        stream.reply.on_disconnect = lambda: backend.cancel(held.ticket, "client closed the stream")
+        if await call.next_event():
+            return call.task.result()
+        self._pending.add(call)
+        result = encode(call.input_required())
+        body = response_bytes(msg.id, result)  # type: ignore[arg-type]
+        if stream.started:
+            stream.finish(body)
+        else:
+            stream.reply.send(200, _JSON_HEADER_LINES, body)
+        stream.pending = call  # later backend requests wait for the next retry
+        return None
+
+    def _answer_backend(self, call: PendingCall, backend: Backend, session_key: str | None, params: dict[str, Raw]) -> None:
+        """Send the client's ``inputResponses`` to the backend as answers to its requests."""
+        answers = decode_any(params["inputResponses"]) if "inputResponses" in params else {}
+        if not isinstance(answers, dict):
+            answers = {}
+        for key, request in list(call.asked.items()):
+            if key in answers:
+                del call.asked[key]
+                self._spawn(backend.respond(request.id, Raw(encode(answers[key])), session_key=session_key))
+            else:
+                call.arrived.append(request)  # not answered: asked again
+        call.asked.clear()
+
+    async def _input_rounds(
+        self,
+        msg: Message,
+        ctx: RequestContext,
+        backend: Backend,
+        params: dict[str, Raw],
+        headers: dict[str, str] | None,
+        stream: _ClientStream,
+        ticket: Ticket,
+        answer: Message,
+    ) -> Message:
+        """A handshake client's call to a stateless backend: each ``input_required`` round is
+        asked of the client on its stream, and the call is repeated with the answers."""
+        for _ in range(MAX_ROUNDS):
+            if answer.result is UNSET or b'"input_required"' not in bytes(answer.result):
+                return answer
+            result = decode_any(answer.result)
+            requests = result.get("inputRequests") if isinstance(result, dict) else None
+            if result.get("resultType") != "input_required" or not isinstance(requests, dict):
+                return answer
+            asked = {key: stream.ask(req) for key, req in requests.items() if isinstance(req, dict)}
+            responses: dict[str, Any] = {}
+            for key, future in asked.items():
+                got, error = await future
+                if error is not None:
+                    return Message(id=msg.id, error=error)
+                responses[key] = decode_any(got)  # type: ignore[arg-type]
+            params["inputResponses"] = Raw(encode(responses))
+            if "requestState" in result:
+                params["requestState"] = Raw(encode(result["requestState"]))
+            else:
+                params.pop("requestState", None)
+            answer = await backend.request(
+                msg.method,  # type: ignore[arg-type]
+                with_envelope(Raw(encode(params)), ctx.capabilities, ctx.client_info),
+                sink=stream.send,
+                era="stateless",
+                headers=headers,
+                ticket=ticket,
+            )
+        err = InternalError(f"the backend asked for input more than {MAX_ROUNDS} times", reason="too_many_input_rounds")
+        return Message(id=msg.id, error=Raw(encode(err.to_error())))
 
     def _routing_headers(
         self, method: str, params: dict[str, Raw], key: str | None, original: str, exposed: str
@@ -960,7 +1085,7 @@ class _ClientStream:
     take them.
     """
 
-    __slots__ = ("front", "reply", "backend", "ctx", "session_key", "started", "progress")
+    __slots__ = ("front", "reply", "backend", "ctx", "session_key", "started", "progress", "pending")
 
     def __init__(
         self, front: McpFront, reply: Reply, backend: Backend, ctx: RequestContext, session_key: str | None
@@ -972,6 +1097,36 @@ class _ClientStream:
         self.session_key = session_key
         self.started = False
         self.progress: tuple[str, Any] | None = None  # (gateway token, client token)
+        self.pending: PendingCall | None = None  # set while a stateless client's call may need input
+
+    def rebind(self, other: _ClientStream) -> None:
+        """Continue a held call on the retry's response (a stateless client's next round)."""
+        self.reply = other.reply
+        self.ctx = other.ctx
+        self.started = False
+
+    def ask(self, request: dict[str, Any]) -> asyncio.Future[tuple[Raw | None, Raw | None]]:
+        """Send a request of the gateway's own to this (handshake-era) client; the future
+        gets ``(result, error)`` when it answers."""
+        future: asyncio.Future[tuple[Raw | None, Raw | None]] = asyncio.get_running_loop().create_future()
+        method = request.get("method")
+        session = self.ctx.session
+        needed = _NEEDS_CAPABILITY.get(method)  # type: ignore[arg-type]
+        if session is None or needed is None or needed not in (self.ctx.capabilities or {}):
+            error = {"code": -32601, "message": f"the client cannot answer {method!r} (capability not declared)"}
+            future.set_result((None, Raw(encode(error))))
+            return future
+        relay_id = self.front._relay_id()
+
+        def answered(result: Raw | None, error: Raw | None) -> None:
+            if not future.done():
+                future.set_result((result, error))
+
+        self.front._relayed[relay_id] = (answered, session.id)
+        params = request.get("params")
+        msg = Message(id=relay_id, method=method, params=Raw(encode(params)) if params is not None else UNSET)
+        self._write(encode(msg))
+        return future
 
     def send(self, msg: Message) -> None:
         if msg.id is not UNSET:
@@ -982,9 +1137,11 @@ class _ClientStream:
             notice(self.backend, self.session_key, msg)
         if msg.method == "notifications/progress" and self.progress is not None:
             msg = self._client_progress(msg)
-        elif msg.method == "notifications/message" and self.ctx.log_level is not None:
+        elif msg.method == "notifications/message" and (self.ctx.log_level is not None or self.ctx.era == "stateless"):
+            # Stateless era: log lines only for requests that asked (_meta logLevel), at or above it.
+            wanted = self.ctx.log_level
             level = _level_of(msg)
-            if level is not None and _LEVEL_RANK.get(level, 99) < _LEVEL_RANK.get(self.ctx.log_level, 0):
+            if wanted is None or (level is not None and _LEVEL_RANK.get(level, 99) < _LEVEL_RANK.get(wanted, 0)):
                 return
         self._write(encode(msg))
 
@@ -1014,6 +1171,9 @@ class _ClientStream:
             return
         needed = _NEEDS_CAPABILITY.get(msg.method)  # type: ignore[arg-type]
         session = self.ctx.session
+        if session is None and self.pending is not None:
+            self.pending.server_request(msg)  # becomes input_required for the stateless client
+            return
         reason = None
         if session is None:
             reason = "the client's protocol era has no server-to-client requests"
@@ -1026,10 +1186,13 @@ class _ClientStream:
             self.front._spawn(self.backend.respond(msg.id, None, error, session_key=self.session_key))
             return
         assert session is not None
-        front = self.front
-        front._next_relay += 1
-        relay_id = f"gw-r{front._next_relay}"
-        front._relayed[relay_id] = (self.backend, msg.id, self.session_key, session.id)
+        backend, upstream_id, session_key, front = self.backend, msg.id, self.session_key, self.front
+
+        def answered(result: Raw | None, error: Raw | None) -> None:
+            front._spawn(backend.respond(upstream_id, result, error, session_key=session_key))
+
+        relay_id = front._relay_id()
+        front._relayed[relay_id] = (answered, session.id)
         self._write(encode(Message(id=relay_id, method=msg.method, params=msg.params)))
 
     def finish(self, body: bytes) -> None:

@@ -565,12 +565,42 @@ async def _complete(
     return Completion(values=[], total=0, has_more=False)
 
 
-async def _serve(port: int) -> None:
+class _OneEra:
+    """ASGI wrapper that makes the dual-era SDK app speak one era only, as older
+    (handshake-only) and newer (stateless-only) servers do: requests of the other
+    era get the 400 such a server answers."""
+
+    def __init__(self, app: Any, era: str) -> None:
+        self.app = app
+        self.era = era
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            stateless = headers.get(b"mcp-protocol-version") == b"2026-07-28"
+            if stateless != (self.era == "stateless"):
+                await self._refuse(send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, send: Any) -> None:
+        if self.era == "stateless":
+            error = {"code": -32022, "message": "Unsupported protocol version", "data": {"supported": ["2026-07-28"]}}
+        else:
+            error = {"code": -32600, "message": "Bad Request: this server speaks the handshake era only"}
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _serve(port: int, era: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
     app = server.streamable_http_app(event_store=_Replay(), retry_interval=100)
+    if era != "both":
+        app = _OneEra(app, era)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
     await uvicorn.Server(config).serve(sockets=[sock])
@@ -579,4 +609,6 @@ async def _serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_serve(parser.parse_args().port))
+    parser.add_argument("--era", choices=["both", "handshake", "stateless"], default="both")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.era))
