@@ -345,16 +345,15 @@ class McpFront:
     def _is_stateless(msg: Message, headers: dict[str, str]) -> bool:
         """Which era this POST belongs to, from ``MCP-Protocol-Version`` and then the body."""
         version = headers.get("mcp-protocol-version")
-        if version is not None:
-            if version in _STATELESS_SET:
-                return True
-            if version in SUPPORTED_VERSIONS:
-                return False
-            # An unknown version without a session: answered with the stateless era's -32022.
-            return "mcp-session-id" not in headers and msg.method != "initialize"
-        if "mcp-session-id" in headers or msg.method == "initialize" or msg.params is UNSET:
+        if version in _STATELESS_SET:
+            return True
+        if "mcp-session-id" in headers or msg.method == "initialize":
             return False
-        return _ENVELOPE_MARK in bytes(msg.params)
+        if version is not None and version not in SUPPORTED_VERSIONS:
+            return True  # an unknown version without a session: the stateless era's -32022 answers it
+        # No session: a body with the stateless envelope is a stateless request (whose
+        # version header, if any, then disagrees with it: -32020 says so).
+        return msg.params is not UNSET and _ENVELOPE_MARK in bytes(msg.params)
 
     async def _stateless_post(self, msg: Message, headers: dict[str, str], reply: Reply) -> None:
         """One 2026-07-28 request: envelope and header checks, then the method."""
