@@ -44,6 +44,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.headers: dict[bytes, bytes] = {}
         self.lost = False
+        self.rpc_error = False  # the body carried a JSON-RPC error (HTTP 200 can still be a failure)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -59,6 +60,10 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
 
+    def on_body(self, body: bytes) -> None:
+        if b'"error":{' in body:
+            self.rpc_error = True
+
     def on_message_complete(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.parser.get_status_code())
@@ -66,18 +71,26 @@ class _Conn(asyncio.Protocol):
     async def exchange(self, data: bytes) -> int:
         self.waiter = asyncio.get_running_loop().create_future()
         self.headers = {}
+        self.rpc_error = False
         assert self.transport is not None
         self.transport.write(data)
         return await self.waiter
 
 
-def _request(path: str, host: str, body: bytes, session: str | None) -> bytes:
+def _request(path: str, host: str, body: bytes, session: str | None, stateless: bool = False) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
         "accept: application/json, text/event-stream\r\n"
     )
     if session:
         head += f"mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
+    if stateless:
+        # The 2026-07-28 era: no session; routing headers repeat the body.
+        message = json.loads(body)
+        head += f"mcp-protocol-version: 2026-07-28\r\nmcp-method: {message['method']}\r\n"
+        name = (message.get("params") or {}).get("name")
+        if name:
+            head += f"mcp-name: {name}\r\n"
     return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -115,7 +128,7 @@ async def _worker(host: str, port: int, data: bytes, until: float, churn: bool, 
             conn = None if churn else await _connect(host, port)
             continue
         lat.append(clock() - start)
-        if status != 200:
+        if status != 200 or conn.rpc_error:
             errors[0] += 1
         if churn and conn.transport is not None:
             conn.transport.close()
@@ -133,7 +146,7 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
 async def hold_idle(args: argparse.Namespace) -> None:
     """Open ``--idle`` keep-alive connections, one request each, then hold them until stdin closes."""
     session = await _initialize(args.host, args.port, args.path) if args.initialize else None
-    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session)
+    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session, args.stateless)
     conns: list[_Conn] = []
     for start in range(0, args.idle, 200):  # in batches: do not flood the accept queue
         batch = await asyncio.gather(*(_connect(args.host, args.port) for _ in range(min(200, args.idle - start))))
@@ -149,7 +162,7 @@ async def hold_idle(args: argparse.Namespace) -> None:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     """Run one load and return its summary."""
     session = await _initialize(args.host, args.port, args.path) if args.initialize else None
-    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session)
+    data = _request(args.path, f"{args.host}:{args.port}", args.body.encode(), session, args.stateless)
     latencies: list[int] = []
     errors = [0]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -184,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--initialize", action="store_true")
     parser.add_argument("--churn", action="store_true")
+    parser.add_argument("--stateless", action="store_true", help="send 2026-07-28 requests (body needs _meta)")
     parser.add_argument("--idle", type=int, default=0, help="hold this many idle keep-alive connections instead")
     args = parser.parse_args(argv)
     if args.idle:

@@ -29,7 +29,8 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "floor", "gateway")
-SCENARIOS = ("call", "call_64k", "list_250", "churn")
+SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "churn")
+_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -163,7 +164,10 @@ def body_for(scenario: str, target: str) -> str:
         return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     name = "floor__echo" if target.startswith("gateway") else "echo"
     text = "x" * 65536 if scenario == "call_64k" else "hello"
-    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {"text": text}}})
+    params: dict[str, Any] = {"name": name, "arguments": {"text": text}}
+    if scenario == "call_stateless":
+        params["_meta"] = _META  # the stateless era: the client's envelope on every request
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
 
 
 def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration: float) -> dict[str, Any]:
@@ -172,7 +176,9 @@ def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration
         sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
         "--duration", str(duration), "--body", body_for(scenario, target),
     ]
-    if target.startswith("gateway"):
+    if scenario == "call_stateless":
+        cmd.append("--stateless")
+    elif target.startswith("gateway"):
         cmd.append("--initialize")
     if scenario == "churn":
         cmd.append("--churn")

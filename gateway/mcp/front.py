@@ -663,7 +663,7 @@ class McpFront:
         backend, original = route
         if key is not None:
             params[key] = Raw(encode(original))
-        era = backend.era_for(ctx.era)
+        era = ctx.era if ctx.era in backend.eras else backend.era_for(ctx.era)
         session_key = ctx.session_key if backend.config.session == "per-client" else None
         stream = _ClientStream(self, reply, backend, ctx, session_key) if reply is not None else None
         if stream is not None and "_meta" in params:
@@ -678,7 +678,8 @@ class McpFront:
             if ctx.era == "stateless" and "_meta" in params:
                 _strip_envelope(params)  # a handshake-era server refuses the stateless envelope
             body_params = Raw(encode(params))
-        ticket = Ticket()
+        # The stream doubles as the request's Ticket (one allocation less per request).
+        ticket: Any = stream if stream is not None else Ticket()
         session = ctx.session
         if session is not None:
             session.inflight[msg.id] = (backend, ticket)
@@ -719,7 +720,10 @@ class McpFront:
                 session.inflight.pop(msg.id, None)
             elif reply is not None:
                 reply.on_disconnect = None
-        body, status = self._translate(msg, ctx, era, answer)
+        if answer.result is not UNSET and era == ctx.era:
+            body, status = response_bytes(msg.id, answer.result), 200  # type: ignore[arg-type]
+        else:
+            body, status = self._translate(msg, ctx, era, answer)
         if stream is not None and stream.started:
             stream.finish(body)
             return None
@@ -1084,7 +1088,9 @@ class _ClientStream:
     take them.
     """
 
-    __slots__ = ("front", "reply", "backend", "ctx", "session_key", "started", "progress", "pending")
+    __slots__ = (
+        "front", "reply", "backend", "ctx", "session_key", "started", "progress", "pending", "upstream_id", "handle",
+    )
 
     def __init__(
         self, front: McpFront, reply: Reply, backend: Backend, ctx: RequestContext, session_key: str | None
@@ -1097,6 +1103,9 @@ class _ClientStream:
         self.started = False
         self.progress: tuple[str, Any] | None = None  # (gateway token, client token)
         self.pending: PendingCall | None = None  # set while a stateless client's call may need input
+        # The Ticket fields, filled in by the backend (see gateway.backends.base.Ticket).
+        self.upstream_id: Any = None
+        self.handle: Any = None
 
     def rebind(self, other: _ClientStream) -> None:
         """Continue a held call on the retry's response (a stateless client's next round)."""
