@@ -200,3 +200,10 @@ def test_cache_hints_aggregate_to_the_smallest_ttl_and_private_if_any_part_is() 
     assert hint_of({"ttlMs": 10, "cacheScope": "public"}) == (10, "public")
     assert hint_of({"ttlMs": -1, "cacheScope": "public"}) is None
     assert hint_of({"cacheScope": "public"}) is None
+
+
+def test_an_unknown_request_state_is_refused(gw: Child) -> None:
+    """A retry must name a call the gateway holds (handshake backend behind a stateless client)."""
+    params = {"name": "local__echo", "arguments": {"text": "x"}, "requestState": "made-up", "inputResponses": {}}
+    assert_error(send(gw, "tools/call", params), 400, -32602, "unknown_request_state")
+    assert_still_serving(gw.port)

@@ -42,16 +42,20 @@ MAX_PENDING = 1000
 class PendingCall:
     """A handshake backend's call held open while a stateless client answers its questions.
 
-    ``task`` is the backend request still running; ``asked`` maps each
-    ``inputRequests`` key given to the client to the backend's request;
-    ``arrived`` collects backend requests that came in since the last answer.
+    Made only when the backend asks something (calls that ask nothing cost
+    nothing here). ``asked`` maps each ``inputRequests`` key given to the client
+    to the backend's request; ``arrived`` collects backend requests not yet
+    handed to the client; ``done`` gets the backend's final answer.
     """
 
-    __slots__ = ("token", "task", "asked", "arrived", "wake", "method", "name", "expires", "stream", "ticket")
+    __slots__ = (
+        "token", "done", "asked", "arrived", "wake", "method", "name", "expires", "stream", "ticket", "backend",
+        "flushed", "timer",
+    )
 
-    def __init__(self, task: asyncio.Future[Any], method: str, name: str | None, ttl: float) -> None:
+    def __init__(self, method: str, name: str | None, ttl: float) -> None:
         self.token = secrets.token_urlsafe(18)
-        self.task = task
+        self.done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.asked: dict[str, Any] = {}
         self.arrived: list[Message] = []
         self.wake: asyncio.Future[None] | None = None
@@ -60,24 +64,37 @@ class PendingCall:
         self.expires = time.monotonic() + ttl
         self.stream: Any = None
         self.ticket: Any = None  # the backend request's Ticket, to cancel it
+        self.backend: Any = None
+        self.flushed = False  # the first input_required went to the client
+        self.timer: asyncio.TimerHandle | None = None
 
     def server_request(self, msg: Message) -> None:
         """Called by the client stream when the backend asks something."""
         self.arrived.append(msg)
+        self._wake()
+
+    def complete(self, answer: Any = None, exc: BaseException | None = None) -> None:
+        """The backend's call ended (``answer``) or failed (``exc``)."""
+        if not self.done.done():
+            if exc is not None:
+                self.done.set_exception(exc)
+            else:
+                self.done.set_result(answer)
+        self._wake()
+
+    def _wake(self) -> None:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
 
     async def next_event(self) -> bool:
         """Wait until the call finishes (True) or the backend asks something (False)."""
-        if self.arrived:
-            return False
-        loop = asyncio.get_running_loop()
-        self.wake = loop.create_future()
-        await asyncio.wait({self.task, self.wake}, return_when=asyncio.FIRST_COMPLETED)
-        if self.task.done():
+        while not self.done.done() and not self.arrived:
+            self.wake = asyncio.get_running_loop().create_future()
+            await self.wake
+        if self.done.done():
             return True
         await asyncio.sleep(0.01)  # let requests sent together arrive together
-        return False
+        return self.done.done()
 
     def input_required(self) -> dict[str, Any]:
         """The result that hands the backend's questions to the client."""
@@ -87,8 +104,7 @@ class PendingCall:
             while key in self.asked:
                 key += "x"
             self.asked[key] = msg
-            params = msg.params
-            requests[key] = {"method": msg.method, "params": _decoded(params)}
+            requests[key] = {"method": msg.method, "params": _decoded(msg.params)}
         self.arrived.clear()
         return {"resultType": "input_required", "inputRequests": requests, "requestState": self.token}
 

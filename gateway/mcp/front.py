@@ -58,6 +58,7 @@ from gateway.mcp.protocol_versions import (
     SUPPORTED_VERSIONS,
 )
 from gateway.mcp.stateless import (
+    NAME_PARAM,
     SERVER_INFO_KEY,
     check_envelope,
     check_param_headers,
@@ -188,7 +189,7 @@ class McpFront:
         # gateway itself): gateway id -> (what to do with the answer, the session asked).
         self._relayed: dict[str, tuple[Callable[[Raw | None, Raw | None], None], str]] = {}
         # Handshake backends' calls waiting for a stateless client's input (requestState -> call).
-        self._pending = PendingCalls(lambda call: call.task.cancel())
+        self._pending = PendingCalls(lambda call: call.backend.cancel(call.ticket, "client did not come back"))
         self._next_relay = 0
         self._next_token = 0
         # Open subscriptions/listen streams (stateless era).
@@ -355,6 +356,22 @@ class McpFront:
         # version header, if any, then disagrees with it: -32020 says so).
         return msg.params is not UNSET and _ENVELOPE_MARK in bytes(msg.params)
 
+    @staticmethod
+    def _envelope_view(msg: Message) -> Any:
+        """Just what the envelope checks read (``_meta`` and the name or URI), decoded;
+        the arguments stay undecoded bytes."""
+        if msg.params is UNSET:
+            return {}
+        try:
+            raw = _decode_params(msg.params)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return decode_any(msg.params)  # not an object: the checks say what is wrong
+        view = {"_meta": decode_any(raw["_meta"])} if "_meta" in raw else {}
+        key = NAME_PARAM.get(msg.method)  # type: ignore[arg-type]
+        if key is not None and key in raw:
+            view[key] = decode_any(raw[key])
+        return view
+
     async def _stateless_post(self, msg: Message, headers: dict[str, str], reply: Reply) -> None:
         """One 2026-07-28 request: envelope and header checks, then the method."""
         if msg.method is UNSET or msg.id is UNSET:
@@ -362,8 +379,7 @@ class McpFront:
             reply.send(202, (), b"")
             return
         try:
-            params = decode_any(msg.params) if msg.params is not UNSET else {}
-            envelope = check_envelope(msg.method, params, headers)
+            envelope = check_envelope(msg.method, self._envelope_view(msg), headers)
             level = envelope.log_level if isinstance(envelope.log_level, str) else None
             ctx = RequestContext(
                 "stateless", envelope.version, None, envelope.capabilities, envelope.client_info, headers, level
@@ -666,6 +682,8 @@ class McpFront:
         era = ctx.era if ctx.era in backend.eras else backend.era_for(ctx.era)
         session_key = ctx.session_key if backend.config.session == "per-client" else None
         stream = _ClientStream(self, reply, backend, ctx, session_key) if reply is not None else None
+        if stream is not None and ctx.era == "stateless" and era == "handshake":
+            stream.request_id, stream.method, stream.name = msg.id, msg.method, exposed or None
         if stream is not None and "_meta" in params:
             self._remap_progress(params, stream)
         headers = None
@@ -744,47 +762,91 @@ class McpFront:
         ticket: Ticket,
     ) -> Message | None:
         """A stateless client's call to a handshake backend. If the backend asks the client
-        something, answer ``input_required`` now and keep the call open for the retry."""
-        name = decode_any(params["name"]) if "name" in params else None
+        something, the client gets ``input_required`` and the call stays open for its retry
+        (see ``_ClientStream._relay`` and ``_flush_input``); None means the client was answered."""
         token = decode_any(params["requestState"]) if "requestState" in params else None
-        call = self._pending.take(token, msg.method, name) if token is not None else None  # type: ignore[arg-type]
-        if token is not None and call is None:
-            raise InvalidParams("requestState is unknown or expired: call again without it", reason="unknown_request_state")
-        if call is None:
-            stripped = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
-            if len(stripped) != len(params):
-                body_params = Raw(encode(stripped))
-            task = asyncio.ensure_future(
-                backend.request(
-                    msg.method,  # type: ignore[arg-type]
-                    body_params,
-                    session_key=session_key,
-                    sink=stream.send,
-                    era="handshake",
-                    ticket=ticket,
-                )
+        if token is not None:
+            return await self._continue_for_stateless(msg, backend, params, session_key, stream, token)
+        if "inputResponses" in params:
+            body_params = Raw(encode({k: v for k, v in params.items() if k != "inputResponses"}))
+        stream.bridging = True
+        try:
+            answer = await backend.request(
+                msg.method,  # type: ignore[arg-type]
+                body_params,
+                session_key=session_key,
+                sink=stream.send,
+                era="handshake",
+                ticket=ticket,
             )
-            call = PendingCall(task, msg.method, name, backend.config.request_timeout or self.config.gateway.request_timeout)  # type: ignore[arg-type]
-            call.stream = stream
-            call.ticket = ticket
-        else:
-            self._answer_backend(call, backend, session_key, params)
-            call.stream.rebind(stream)
-        stream = call.stream
+        except BaseException as exc:
+            call = stream.pending
+            if call is None or not self._handed_off(call):
+                raise
+            call.complete(exc=exc)
+            return None
+        call = stream.pending
+        if call is None or not self._handed_off(call):
+            return answer
+        call.complete(answer)
+        return None
+
+    def _handed_off(self, call: PendingCall) -> bool:
+        """True once the client was told input_required (the answer then waits for the retry)."""
+        if call.flushed:
+            return True
+        if call.timer is not None:
+            call.timer.cancel()  # finished before the questions went out: answer directly
+        call.stream.pending = None
+        return False
+
+    def _start_input(self, stream: _ClientStream, msg: Message) -> None:
+        """The backend asked a stateless client something: hold the call, and tell the client
+        (after a moment, so requests sent together go out together)."""
+        call = PendingCall(
+            stream.method, stream.name, stream.backend.config.request_timeout or self.config.gateway.request_timeout
+        )
+        call.stream, call.ticket, call.backend = stream, stream, stream.backend
+        call.arrived.append(msg)
         stream.pending = call
+        call.timer = asyncio.get_running_loop().call_later(0.01, self._flush_input, call)
+
+    def _flush_input(self, call: PendingCall) -> None:
+        call.flushed = True
+        stream = call.stream
+        stream.reply.on_disconnect = None  # from here on, closing this response is not a cancel
+        try:
+            self._pending.add(call)
+        except GatewayError as err:
+            self._send_error(stream.reply, stream.request_id, err)
+            return
+        body = response_bytes(stream.request_id, encode(call.input_required()))
+        if stream.started:
+            stream.finish(body)
+        elif not stream.reply.closed:
+            stream.reply.send(200, _JSON_HEADER_LINES, body)
+
+    async def _continue_for_stateless(
+        self, msg: Message, backend: Backend, params: dict[str, Raw], session_key: str | None, stream: _ClientStream, token: Any
+    ) -> Message | None:
+        """A retry with ``requestState``: the answers go to the backend and the held call goes on."""
+        call = self._pending.take(token, msg.method, stream.name)  # type: ignore[arg-type]
+        if call is None:
+            raise InvalidParams("requestState is unknown or expired: call again without it", reason="unknown_request_state")
+        self._answer_backend(call, backend, session_key, params)
+        call.stream.rebind(stream)
+        stream = call.stream
         held = call
         # Closing this response stream cancels the held backend call (the stateless era's cancel).
         stream.reply.on_disconnect = lambda: backend.cancel(held.ticket, "client closed the stream")
         if await call.next_event():
-            return call.task.result()
+            return call.done.result()
         self._pending.add(call)
-        result = encode(call.input_required())
-        body = response_bytes(msg.id, result)  # type: ignore[arg-type]
+        body = response_bytes(msg.id, encode(call.input_required()))  # type: ignore[arg-type]
         if stream.started:
             stream.finish(body)
         else:
             stream.reply.send(200, _JSON_HEADER_LINES, body)
-        stream.pending = call  # later backend requests wait for the next retry
         return None
 
     def _answer_backend(self, call: PendingCall, backend: Backend, session_key: str | None, params: dict[str, Raw]) -> None:
@@ -1090,6 +1152,7 @@ class _ClientStream:
 
     __slots__ = (
         "front", "reply", "backend", "ctx", "session_key", "started", "progress", "pending", "upstream_id", "handle",
+        "bridging", "request_id", "method", "name",
     )
 
     def __init__(
@@ -1106,11 +1169,16 @@ class _ClientStream:
         # The Ticket fields, filled in by the backend (see gateway.backends.base.Ticket).
         self.upstream_id: Any = None
         self.handle: Any = None
+        self.bridging = False  # a stateless client's call to a handshake backend (see _start_input)
+        self.request_id: Any = None
+        self.method = ""
+        self.name: str | None = None
 
     def rebind(self, other: _ClientStream) -> None:
         """Continue a held call on the retry's response (a stateless client's next round)."""
         self.reply = other.reply
         self.ctx = other.ctx
+        self.request_id = other.request_id
         self.started = False
 
     def ask(self, request: dict[str, Any]) -> asyncio.Future[tuple[Raw | None, Raw | None]]:
@@ -1181,6 +1249,9 @@ class _ClientStream:
         session = self.ctx.session
         if session is None and self.pending is not None:
             self.pending.server_request(msg)  # becomes input_required for the stateless client
+            return
+        if session is None and self.bridging:
+            self.front._start_input(self, msg)
             return
         reason = None
         if session is None:
