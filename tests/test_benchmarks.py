@@ -67,17 +67,19 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def test_k6_script_runs(bench_gateway) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("script", ["mcp_handshake.js", "mcp_stateless.js"])
+def test_k6_script_runs(bench_gateway, script: str) -> None:  # type: ignore[no-untyped-def]
     cmd = [_tool("k6"), "run", "--quiet", "-e", f"MCP_URL={bench_gateway.url}", "-e", "MCP_TOOL=bench__tool_000",
-           "-e", "VUS=2", "-e", "DURATION=2s", str(ROOT / "benchmarks" / "k6" / "mcp_handshake.js")]
+           "-e", "VUS=2", "-e", "DURATION=2s", str(ROOT / "benchmarks" / "k6" / script)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "K6_NO_USAGE_REPORT": "true"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "checks" in done.stdout and "100.00%" in done.stdout
 
 
-def test_k6_script_fails_on_errors(bench_gateway) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("script", ["mcp_handshake.js", "mcp_stateless.js"])
+def test_k6_script_fails_on_errors(bench_gateway, script: str) -> None:  # type: ignore[no-untyped-def]
     cmd = [_tool("k6"), "run", "--quiet", "-e", f"MCP_URL={bench_gateway.url}", "-e", "MCP_TOOL=no__such_tool",
-           "-e", "VUS=1", "-e", "DURATION=1s", str(ROOT / "benchmarks" / "k6" / "mcp_handshake.js")]
+           "-e", "VUS=1", "-e", "DURATION=1s", str(ROOT / "benchmarks" / "k6" / script)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "K6_NO_USAGE_REPORT": "true"})
     assert done.returncode != 0
 
@@ -89,4 +91,4 @@ def test_locustfile_runs(bench_gateway) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "MCP_TOOL": "bench__tool_000"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = done.stdout + done.stderr
-    assert "tools/call" in report and "initialize" in report
+    assert "tools/call" in report and "initialize" in report and "server/discover" in report

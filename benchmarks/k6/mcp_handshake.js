@@ -6,7 +6,7 @@
 // notifications/initialized, then calls the tool in a loop with the session
 // and protocol-version headers. A check fails on any HTTP error or JSON-RPC error;
 // the checks threshold makes k6 exit non-zero then.
-// (The stateless 2026-07-28 era gets its own script when the gateway serves it.)
+// The stateless 2026-07-28 era has its own script: mcp_stateless.js.
 import http from 'k6/http';
 import { check } from 'k6';
 
