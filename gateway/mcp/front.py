@@ -7,8 +7,11 @@ Per request, in this order (each step either continues or answers):
    DELETE (end the session); anything else 405;
 3. POST: ``Content-Type`` (415), ``Accept`` (406), body decoded as a JSON-RPC
    envelope (400: -32700 / -32600), ``MCP-Protocol-Version`` (400);
-4. ``initialize`` makes a session; any other message needs a known session
-   (400 missing, 404 unknown);
+4. the era: a 2026-07-28 request (by ``MCP-Protocol-Version``, or a body with
+   the stateless envelope and no session) goes through ``gateway.mcp.stateless``
+   checks (-32602 / -32020 / -32022, 404 for unknown methods) and needs no
+   session; otherwise ``initialize`` makes a session and any other message
+   needs a known one (400 missing, 404 unknown);
 5. dispatch: answered locally (ping, lists from the catalog) or routed through
    the catalog's routing table to one backend, prefix stripped, params bytes
    otherwise untouched. The backend's result goes back as its bytes with the
@@ -17,9 +20,12 @@ Per request, in this order (each step either continues or answers):
 Errors made here are ``gateway.errors`` classes, answered with their HTTP
 status and a JSON-RPC error body; nothing else escapes to the client.
 
-The request path is written for both protocol eras: everything after step 4
-reads a ``RequestContext`` (era, version, session or None) rather than the
-session, so the stateless era only adds its own detection in step 3-4.
+Both eras share one request path: everything after step 4 reads a
+``RequestContext`` (era, version, session or None, the client's capabilities).
+Toward a backend the client's own era is used when the backend speaks it;
+otherwise ``_forward`` translates (envelope, ``resultType``, error codes) and
+``gateway.mcp.bridge`` carries server-to-client requests across. Requests a
+backend sends mid-call are relayed to the client by ``_ClientStream``.
 """
 
 from __future__ import annotations
@@ -962,15 +968,6 @@ class McpFront:
         body = encode(Message(id=msg.id, error=error))
         status = _STATELESS_STATUS.get(code, 200) if ctx.era == "stateless" else 200
         return body, status
-
-    @staticmethod
-    def _response_for(request_id: Any, answer: Message) -> bytes:
-        """The backend's answer with the client's id put back (result or error bytes untouched)."""
-        if answer.result is not UNSET:
-            return response_bytes(request_id, answer.result)
-        if answer.error is not UNSET:
-            return encode(Message(id=request_id, error=answer.error))
-        return error_body(request_id, InternalError("backend sent an empty response", reason="bad_backend_response"))
 
     # -- GET and DELETE ----------------------------------------------------------------------
 
