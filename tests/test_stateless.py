@@ -207,3 +207,36 @@ def test_an_unknown_request_state_is_refused(gw: Child) -> None:
     params = {"name": "local__echo", "arguments": {"text": "x"}, "requestState": "made-up", "inputResponses": {}}
     assert_error(send(gw, "tools/call", params), 400, -32602, "unknown_request_state")
     assert_still_serving(gw.port)
+
+
+def test_a_long_call_gets_sse_keep_alive_comments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Past ``sse_keepalive`` seconds a call's response turns into SSE with comment lines,
+    then the result arrives on it."""
+    import socket
+    import sys
+
+    from tests.support import SERVERS, gateway
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        f"[server]\nsse_keepalive = 0.2\n\n[backends.local]\ncommand = {sys.executable!r}\n"
+        f"args = [{str(SERVERS / 'sdk_stdio_server.py')!r}]\n"
+    )
+    gw = gateway(path)
+    try:
+        params = {"name": "local__slow", "arguments": {"seconds": 1.0}}
+        request = post("/mcp", body("tools/call", params, id=7), {
+            "mcp-protocol-version": V, "mcp-method": "tools/call", "mcp-name": "local__slow", "connection": "close",
+        }, port=gw.port)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(request)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        text = raw.decode()
+        assert "content-type: text/event-stream" in text.lower(), text
+        assert text.count(": keep-alive") >= 2, text
+        data = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+        assert data[-1]["id"] == 7 and data[-1]["result"]["content"][0]["text"] == "slept 1.0"
+    finally:
+        assert gw.stop() == 0

@@ -704,6 +704,10 @@ class McpFront:
             body_params = Raw(encode(params))
         # The stream doubles as the request's Ticket (one allocation less per request).
         ticket: Any = stream if stream is not None else Ticket()
+        if stream is not None:
+            # A call still running after sse_keepalive seconds switches to SSE and gets
+            # keep-alive comments, so proxies with idle-read timeouts keep it open.
+            stream.keepalive = asyncio.get_running_loop().call_later(self._keepalive, stream.keep_alive, self._keepalive)
         session = ctx.session
         if session is not None:
             session.inflight[msg.id] = (backend, ticket)
@@ -740,6 +744,8 @@ class McpFront:
                 reply.send(202, (), b"")
             return None
         finally:
+            if stream is not None and stream.keepalive is not None:
+                stream.keepalive.cancel()
             if session is not None:
                 session.inflight.pop(msg.id, None)
             elif reply is not None:
@@ -840,12 +846,19 @@ class McpFront:
         if call is None:
             raise InvalidParams("requestState is unknown or expired: call again without it", reason="unknown_request_state")
         self._answer_backend(call, backend, session_key, params)
+        if stream.keepalive is not None:
+            stream.keepalive.cancel()  # the held call's stream takes over this response
         call.stream.rebind(stream)
         stream = call.stream
         held = call
         # Closing this response stream cancels the held backend call (the stateless era's cancel).
         stream.reply.on_disconnect = lambda: backend.cancel(held.ticket, "client closed the stream")
-        if await call.next_event():
+        stream.keepalive = asyncio.get_running_loop().call_later(self._keepalive, stream.keep_alive, self._keepalive)
+        try:
+            finished = await call.next_event()
+        finally:
+            stream.keepalive.cancel()
+        if finished:
             return call.done.result()
         self._pending.add(call)
         body = response_bytes(msg.id, encode(call.input_required()))  # type: ignore[arg-type]
@@ -1149,7 +1162,7 @@ class _ClientStream:
 
     __slots__ = (
         "front", "reply", "backend", "ctx", "session_key", "started", "progress", "pending", "upstream_id", "handle",
-        "bridging", "request_id", "method", "name",
+        "bridging", "request_id", "method", "name", "keepalive",
     )
 
     def __init__(
@@ -1166,6 +1179,7 @@ class _ClientStream:
         # The Ticket fields, filled in by the backend (see gateway.backends.base.Ticket).
         self.upstream_id: Any = None
         self.handle: Any = None
+        self.keepalive: asyncio.TimerHandle | None = None
         self.bridging = False  # a stateless client's call to a handshake backend (see _start_input)
         self.request_id: Any = None
         self.method = ""
@@ -1217,6 +1231,16 @@ class _ClientStream:
             if wanted is None or (level is not None and _LEVEL_RANK.get(level, 99) < _LEVEL_RANK.get(wanted, 0)):
                 return
         self._write(encode(msg))
+
+    def keep_alive(self, every: float) -> None:
+        """Timer callback: an SSE comment on a long call's response, then again later."""
+        if self.reply.closed or self.pending is not None:
+            return
+        if not self.started:
+            self.started = True
+            self.reply.start_stream(200, _SSE_HEADERS)
+        self.reply.write(b": keep-alive\n\n")
+        self.keepalive = asyncio.get_running_loop().call_later(every, self.keep_alive, every)
 
     def _write(self, data: bytes) -> None:
         if self.reply.closed:
