@@ -200,3 +200,19 @@ async def test_cancellation_reaches_the_backend(gw2: Child, mode: str) -> None:
     while marker not in gw2.stderr_text() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert marker in gw2.stderr_text()
+
+
+async def test_a_stateless_backends_list_changes_reach_clients(gw2: Child) -> None:
+    """The gateway listens (subscriptions/listen) to a stateless-only backend and passes
+    its list_changed on to handshake clients' GET streams."""
+    changed = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with client(gw2, "legacy", message_handler=on_message) as c:
+        await asyncio.sleep(0.3)  # the client's GET stream opens
+        added = text(await c.call_tool("st__add_dynamic_tool", {}))
+        await asyncio.wait_for(changed.wait(), 10)
+        assert f"st__{added}" in {t.name for t in (await c.list_tools()).tools}

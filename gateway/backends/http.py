@@ -251,8 +251,7 @@ class HttpBackend(Backend):
             self._went_down(str(exc))
             return
         self._set_state(BackendState.READY)
-        if "handshake" in self.eras:
-            self._open_stream()
+        self._open_stream()
 
     async def _probe(self) -> None:
         """Find the eras the backend speaks: ``server/discover`` first, then ``initialize``.
@@ -340,8 +339,7 @@ class HttpBackend(Backend):
                 self.last_error = str(exc)
                 continue
             self._set_state(BackendState.READY)
-            if "handshake" in self.eras:
-                self._open_stream()
+            self._open_stream()
             return
 
     # -- requests -------------------------------------------------------------------------------
@@ -672,14 +670,19 @@ class HttpBackend(Backend):
             return 0
         self._stream_conn = conn
         exchange = _Exchange(None, None)
-        head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
-            b"accept: application/json, text/event-stream", b"accept: text/event-stream"
-        )
-        if session.version:
-            head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
-        if session.session_id:
-            head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
-        conn.send(exchange, head + b"\r\n")
+        if "handshake" in self.eras:
+            head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
+                b"accept: application/json, text/event-stream", b"accept: text/event-stream"
+            )
+            if session.version:
+                head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
+            if session.session_id:
+                head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
+            head += b"\r\n"
+        else:
+            head = self._listen_request()
+            exchange.upstream_id = "listen"  # its end (a result) is not a failure
+        conn.send(exchange, head)
         try:
             await exchange.future
         except (ConnectionError, BackendUnavailable):
@@ -688,6 +691,17 @@ class HttpBackend(Backend):
             conn.close()
             self._stream_conn = None
         return exchange.status
+
+    def _listen_request(self) -> bytes:
+        """A stateless backend's change notices come on a ``subscriptions/listen`` stream."""
+        wanted = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
+        params = with_envelope(Raw(encode({"notifications": wanted})))
+        body = encode(Message(id="listen", method="subscriptions/listen", params=params))
+        return (
+            b"POST " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head
+            + b"mcp-protocol-version: " + STATELESS_VERSION.encode("latin-1") + b"\r\n"
+            + b"mcp-method: subscriptions/listen\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+        )
 
     # -- pool -----------------------------------------------------------------------------------
 

@@ -464,6 +464,20 @@ async def test_trigger_prompt_change(ctx: Context) -> str:
     return "prompt list changed"
 
 
+_added: list[str] = []
+
+
+@server.tool()
+async def add_dynamic_tool(ctx: Context) -> str:
+    """Not a suite fixture: registers one more tool for good and announces the change
+    (the suite's trigger tools add and remove, leaving the list as it was)."""
+    name = f"dynamic_{len(_added) + 1}"
+    _added.append(name)
+    server.add_tool(_dynamic, name=name)
+    await ctx.notify_tools_changed()
+    return name
+
+
 # ---- resources -------------------------------------------------------------
 
 
