@@ -55,6 +55,10 @@ url = "{fixture_http.url}"
 [backends.hs]
 url = "{one_era["handshake"].url}"
 
+[backends.pc]
+url = "{one_era["handshake"].url}"
+session = "per-client"
+
 [backends.st]
 url = "{one_era["stateless"].url}"
 
@@ -82,6 +86,18 @@ def client(gw: Child, mode: str, **kwargs: object) -> Client:
     return Client(gw.url, mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
+async def tool_names(c: Client) -> set[str]:
+    """Every tool name, following the gateway's pagination."""
+    names: set[str] = set()
+    cursor = None
+    while True:
+        page = await c.list_tools(cursor=cursor, cache_mode="refresh")
+        names |= {t.name for t in page.tools}
+        cursor = page.next_cursor
+        if not cursor:
+            return names
+
+
 def text(result: types.CallToolResult | types.GetPromptResult) -> str:
     if isinstance(result, types.CallToolResult):
         return result.content[0].text  # type: ignore[union-attr]
@@ -91,7 +107,7 @@ def text(result: types.CallToolResult | types.GetPromptResult) -> str:
 @pytest.mark.parametrize("mode", MODES)
 async def test_tools_of_both_backend_eras(gw2: Child, mode: str) -> None:
     async with client(gw2, mode) as c:
-        names = {t.name for t in (await c.list_tools()).tools}
+        names = await tool_names(c)
         assert {"fx__test_simple_text", "local__echo"} <= names
         assert text(await c.call_tool("fx__test_simple_text", {})) == "This is a simple text response for testing."
         assert text(await c.call_tool("local__echo", {"text": "hi"})) == "hi"
@@ -214,5 +230,19 @@ async def test_a_stateless_backends_list_changes_reach_clients(gw2: Child) -> No
     async with client(gw2, "legacy", message_handler=on_message) as c:
         await asyncio.sleep(0.3)  # the client's GET stream opens
         added = text(await c.call_tool("st__add_dynamic_tool", {}))
-        await asyncio.wait_for(changed.wait(), 10)
-        assert f"st__{added}" in {t.name for t in (await c.list_tools()).tools}
+        try:
+            await asyncio.wait_for(changed.wait(), 10)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no list_changed; gateway log: {gw2.stderr_text()[-3000:]}") from None
+        assert f"st__{added}" in await tool_names(c)
+
+
+async def test_a_per_client_session_declares_the_clients_own_capabilities(gw2: Child) -> None:
+    """Shared sessions declare what the gateway can relay; a per-client upstream session
+    declares exactly what its client declared (the fixture tool checks for sampling)."""
+    async with client(gw2, "legacy") as plain:
+        with pytest.raises(Exception, match="sampling"):
+            await plain.call_tool("pc__test_missing_capability", {})
+    async with client(gw2, "legacy", sampling_callback=_sample) as sampler:
+        result = await sampler.call_tool("pc__test_missing_capability", {})
+        assert text(result) == "Client declared sampling capability; proceeding."

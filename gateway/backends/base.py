@@ -185,6 +185,7 @@ class Backend(abc.ABC):
         era: str | None = None,
         headers: dict[str, str] | None = None,
         ticket: Ticket | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> Message:
         """Send one request and return the backend's response message.
 

@@ -182,13 +182,15 @@ class _Conn(asyncio.Protocol):
 class _UpSession:
     """One upstream MCP session (its id and negotiated version)."""
 
-    __slots__ = ("session_id", "version", "lock", "ready")
+    __slots__ = ("session_id", "version", "lock", "ready", "capabilities")
 
-    def __init__(self) -> None:
+    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
         self.session_id: str | None = None
         self.version: str | None = None
         self.lock = asyncio.Lock()
         self.ready = False
+        # Declared in initialize: the client's own for a per-client session, else the gateway's.
+        self.capabilities = capabilities
 
 
 def _stateless_session() -> _UpSession:
@@ -355,6 +357,7 @@ class HttpBackend(Backend):
         era: str | None = None,
         headers: dict[str, str] | None = None,
         ticket: Ticket | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> Message:
         """POST one request in the right upstream session; returns the response message."""
         if self.state is not BackendState.READY:
@@ -366,7 +369,7 @@ class HttpBackend(Backend):
         if shared.ready and (session_key is None or self.config.session != "per-client"):
             session = shared  # the fast path: no await before the request goes out
         else:
-            session = await self._session_for(session_key)
+            session = await self._session_for(session_key, capabilities)
         for attempt in (1, 2):
             self._next_id += 1
             upstream_id = self._next_id
@@ -448,11 +451,13 @@ class HttpBackend(Backend):
             with contextlib.suppress(Exception):
                 await self._delete(session)
 
-    async def _session_for(self, session_key: str | None) -> _UpSession:
+    async def _session_for(self, session_key: str | None, capabilities: dict[str, Any] | None = None) -> _UpSession:
         if session_key is None or self.config.session != "per-client":
             session = self._shared
         else:
-            session = self._per_client.get(session_key) or self._per_client.setdefault(session_key, _UpSession())
+            session = self._per_client.get(session_key) or self._per_client.setdefault(
+                session_key, _UpSession(capabilities)
+            )
         if not session.ready:
             await self._ensure_session(session)
         return session
@@ -466,7 +471,7 @@ class HttpBackend(Backend):
         session.session_id = None
         session.version = None
         self._next_id += 1
-        body = encode(Message(id=self._next_id, method="initialize", params=initialize_params()))
+        body = encode(Message(id=self._next_id, method="initialize", params=initialize_params(session.capabilities)))
         answer, headers = await self._post(session, body, self._next_id, None, self.config.connect_timeout)
         if answer is None or answer.result is UNSET:
             raise BackendUnavailable(f"backend {self.name!r} refused initialize", reason="initialize_failed")

@@ -76,8 +76,9 @@ class _Process:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._read_stdout()), loop.create_task(self._read_stderr())]
 
-    async def initialize(self, timeout: float) -> dict[str, Any]:
-        answer = await self.request("initialize", initialize_params(), None, timeout, ready_required=False)
+    async def initialize(self, timeout: float, capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``capabilities``: the client's, for a per-client process (None: the gateway's)."""
+        answer = await self.request("initialize", initialize_params(capabilities), None, timeout, ready_required=False)
         if answer.result is UNSET:
             raise BackendUnavailable(f"backend {self.backend.name!r} refused initialize", reason="initialize_failed")
         await self.write(_INITIALIZED)
@@ -356,7 +357,7 @@ class StdioBackend(Backend):
         await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
         self._set_state(BackendState.STOPPED)
 
-    async def _process_for(self, session_key: str | None) -> _Process:
+    async def _process_for(self, session_key: str | None, capabilities: dict[str, Any] | None = None) -> _Process:
         if session_key is None or self.config.session != "per-client":
             if self._shared is None:
                 raise BackendUnavailable(f"backend {self.name!r} is not started", reason="backend_down")
@@ -371,7 +372,7 @@ class StdioBackend(Backend):
                 process = _Process(self, session_key)
                 try:
                     await process.spawn()
-                    await process.initialize(self.config.connect_timeout)
+                    await process.initialize(self.config.connect_timeout, capabilities)
                 except (OSError, BackendTimeout) as exc:
                     await process.stop()
                     raise BackendUnavailable(f"backend {self.name!r} could not start: {exc}", reason="backend_down") from None
@@ -389,9 +390,10 @@ class StdioBackend(Backend):
         era: str | None = None,
         headers: dict[str, str] | None = None,
         ticket: Ticket | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> Message:
         """Send a request to the process and wait for its response (handshake era over stdio)."""
-        process = await self._process_for(session_key)
+        process = await self._process_for(session_key, capabilities)
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
         return await process.request(method, params, sink, limit, ticket=ticket)
 

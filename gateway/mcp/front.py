@@ -728,6 +728,7 @@ class McpFront:
                     era=era,
                     headers=headers,
                     ticket=ticket,
+                    capabilities=ctx.capabilities if session_key is not None else None,
                 )
                 if ctx.era == "handshake" and era == "stateless" and stream is not None:
                     answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
