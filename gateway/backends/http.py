@@ -633,14 +633,7 @@ class HttpBackend(Backend):
         except (OSError, asyncio.TimeoutError) as exc:
             exchange.fail(BackendUnavailable(f"backend {self.name!r}: cannot resume its stream: {exc}"))
             return
-        head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
-            b"accept: application/json, text/event-stream", b"accept: text/event-stream"
-        )
-        if session.version:
-            head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
-        if session.session_id:
-            head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
-        head += b"last-event-id: " + (exchange.last_id or "").encode("latin-1") + b"\r\n\r\n"
+        head = self._get_head(session, exchange.last_id or "")
         exchange.status = 0
         exchange.headers = {}
         exchange.sse = None
@@ -676,14 +669,7 @@ class HttpBackend(Backend):
         self._stream_conn = conn
         exchange = _Exchange(None, None)
         if "handshake" in self.eras:
-            head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
-                b"accept: application/json, text/event-stream", b"accept: text/event-stream"
-            )
-            if session.version:
-                head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
-            if session.session_id:
-                head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
-            head += b"\r\n"
+            head = self._get_head(session)
         else:
             head = self._listen_request()
             exchange.upstream_id = "listen"  # its end (a result) is not a failure
@@ -696,6 +682,19 @@ class HttpBackend(Backend):
             conn.close()
             self._stream_conn = None
         return exchange.status
+
+    def _get_head(self, session: _UpSession, last_event_id: str | None = None) -> bytes:
+        """A GET for a session's SSE stream (resuming after ``last_event_id`` when given)."""
+        head = b"GET " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head.replace(
+            b"accept: application/json, text/event-stream", b"accept: text/event-stream"
+        )
+        if session.version:
+            head += b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n"
+        if session.session_id:
+            head += b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n"
+        if last_event_id is not None:
+            head += b"last-event-id: " + last_event_id.encode("latin-1") + b"\r\n"
+        return head + b"\r\n"
 
     def _listen_request(self) -> bytes:
         """A stateless backend's change notices come on a ``subscriptions/listen`` stream."""
