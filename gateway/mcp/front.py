@@ -660,12 +660,10 @@ class McpFront:
     @staticmethod
     def _params_with(msg: Message, key: str) -> tuple[dict[str, Raw], str]:
         """Params as ``{key: raw}`` plus the decoded string under ``key``."""
-        if msg.params is UNSET:
-            raise InvalidParams(f"params.{key} is required")
+        params, raw = McpFront._params_raw(msg, key)
         try:
-            params = _decode_params(msg.params)
-            value = msgspec.json.decode(params[key])
-        except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
+            value = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
             raise InvalidParams(f"params must be an object with a string {key!r}") from None
         if not isinstance(value, str):
             raise InvalidParams(f"params.{key} must be a string")

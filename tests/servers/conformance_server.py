@@ -174,15 +174,20 @@ class _Answer(BaseModel):
     response: str = Field(description="User's response")
 
 
-@server.tool()
-async def test_elicitation(message: str, ctx: Context) -> str:
-    """Asks the user (elicitation/create) and reports the action and content."""
+async def _elicit_report(ctx: Context, message: str, schema: type[BaseModel], label: str) -> str:
+    """Elicit a form and report ``LABEL: action=..., content=...`` (the wording the suite reads)."""
     try:
-        result = await ctx.elicit(message=message, schema=_Answer)
+        result = await ctx.elicit(message=message, schema=schema)
     except Exception as exc:
         return f"Elicitation not supported or error: {exc}"
     content = result.data.model_dump_json() if result.action == "accept" else "{}"
-    return f"User response: action={result.action}, content={content}"
+    return f"{label}: action={result.action}, content={content}"
+
+
+@server.tool()
+async def test_elicitation(message: str, ctx: Context) -> str:
+    """Asks the user (elicitation/create) and reports the action and content."""
+    return await _elicit_report(ctx, message, _Answer, "User response")
 
 
 class _Defaults(BaseModel):
@@ -200,12 +205,7 @@ class _Defaults(BaseModel):
 @server.tool()
 async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
     """Elicits a form whose fields all carry defaults."""
-    try:
-        result = await ctx.elicit(message="Please provide user information", schema=_Defaults)
-    except Exception as exc:
-        return f"Elicitation not supported or error: {exc}"
-    content = result.data.model_dump_json() if result.action == "accept" else "{}"
-    return f"Elicitation result: action={result.action}, content={content}"
+    return await _elicit_report(ctx, "Please provide user information", _Defaults, "Elicitation result")
 
 
 def _choices(*pairs: tuple[str, str]) -> list[dict[str, str]]:
@@ -243,12 +243,8 @@ class _Enums(BaseModel):
 @server.tool()
 async def test_elicitation_sep1330_enums(ctx: Context) -> str:
     """Elicits a form with every enum variant."""
-    try:
-        result = await ctx.elicit(message="Please select values using different enum schema types", schema=_Enums)
-    except Exception as exc:
-        return f"Elicitation not supported or error: {exc}"
-    content = result.data.model_dump_json() if result.action == "accept" else "{}"
-    return f"Elicitation completed: action={result.action}, content={content}"
+    message = "Please select values using different enum schema types"
+    return await _elicit_report(ctx, message, _Enums, "Elicitation completed")
 
 
 @server.tool()
