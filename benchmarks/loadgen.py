@@ -6,8 +6,8 @@ Run in its own process so that its CPU is not the measured server's::
         --body '{"jsonrpc":"2.0","id":1,"method":"tools/call",...}' [--initialize] [--churn]
 
 ``--concurrency`` keep-alive connections each send one request at a time,
-back to back, for ``--duration`` seconds (``--churn``: a new connection per
-request). With ``--initialize`` it first runs the MCP handshake and sends the
+back to back, for ``--duration`` seconds or until ``--requests`` were sent
+(``--churn``: a new connection per request). With ``--initialize`` it first runs the MCP handshake and sends the
 session header on every request. It prints one JSON line: requests, errors,
 requests/s, latency percentiles in microseconds, and its own CPU seconds (so a
 reader can check the generator was not the bottleneck).
@@ -113,10 +113,13 @@ async def _initialize(host: str, port: int, path: str) -> str | None:
     return session.decode() if session else None
 
 
-async def _worker(host: str, port: int, data: bytes, until: float, churn: bool, lat: list[int], errors: list[int]) -> None:
+async def _worker(
+    host: str, port: int, data: bytes, until: float, churn: bool, lat: list[int], errors: list[int], budget: list[int]
+) -> None:
     clock = time.perf_counter_ns
     conn = None if churn else await _connect(host, port)
-    while time.perf_counter() < until:
+    while time.perf_counter() < until and budget[0] != 0:
+        budget[0] -= 1
         start = clock()
         try:
             if churn:
@@ -167,9 +170,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     errors = [0]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    until = started + args.duration
+    until = started + (args.duration if not args.requests else 1e9)
+    budget = [args.requests or -1]  # requests left to send (-1: no limit, the duration decides)
     await asyncio.gather(
-        *(_worker(args.host, args.port, data, until, args.churn, latencies, errors) for _ in range(args.concurrency))
+        *(_worker(args.host, args.port, data, until, args.churn, latencies, errors, budget) for _ in range(args.concurrency))
     )
     elapsed = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--body", required=True)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=0, help="send exactly this many requests (overrides --duration)")
     parser.add_argument("--initialize", action="store_true")
     parser.add_argument("--churn", action="store_true")
     parser.add_argument("--stateless", action="store_true", help="send 2026-07-28 requests (body needs _meta)")

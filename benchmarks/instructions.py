@@ -1,0 +1,143 @@
+"""Instructions per request, counted by valgrind's callgrind: a measure the machine's noise cannot move.
+
+Requests per second on a shared 2-core machine drift by tens of percent from
+run to run; the number of instructions a process executes for the same work
+does not. This runs the floor backend, then the floor proxy and the gateway
+(each under ``valgrind --tool=callgrind`` with counting off), warms each one
+up, counts exactly ``--requests`` requests, and reports user-space
+instructions per request and the gateway/floor ratio::
+
+    python -m benchmarks.instructions                      # call and call_stateless, 2,000 requests each
+    python -m benchmarks.instructions --scenarios call --requests 5000 --concurrency 16
+
+Kernel time (the syscalls) is not counted, so this shows the Python and C work
+of each process, which is what the code can change. Under valgrind a process
+runs about 50 times slower; the counts do not depend on that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks.run import ROOT, body_for, free_port, shared_bench, wait_port
+
+SCENARIOS = ("call", "call_stateless")
+
+
+def _loadgen(port: int, scenario: str, target: str, requests: int, concurrency: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
+        "--requests", str(requests), "--body", body_for(scenario, target),
+    ]
+    if target == "gateway":
+        cmd.append("--stateless" if scenario == "call_stateless" else "--initialize")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _total_instructions(path: pathlib.Path) -> int:
+    """The ``totals:`` (or ``summary:``) line of a callgrind dump: instructions executed."""
+    text = path.read_text(errors="replace")
+    match = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.M)
+    if match is None:
+        raise RuntimeError(f"no totals in {path}")
+    return int(match.group(1))
+
+
+def count(cmd: list[str], port: int, scenario: str, target: str, requests: int, concurrency: int, workdir: pathlib.Path) -> dict[str, Any]:
+    """Instructions per request of the process ``cmd`` (listening on ``port``) for one scenario."""
+    out = workdir / f"{target}-{scenario}.cg"
+    vg = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "--dump-instr=no", *cmd,
+    ]
+    proc = subprocess.Popen(vg, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=300.0)
+        if target == "gateway":
+            time.sleep(3.0)  # the catalog is built after the port opens (slowly, under valgrind)
+        _loadgen(port, scenario, target, 200, concurrency)  # warm up: connections, caches, lazy imports
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True, timeout=120)
+        load = _loadgen(port, scenario, target, requests, concurrency)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True, timeout=120)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    dumps = sorted(workdir.glob(f"{out.name}.*"))
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    total = _total_instructions(dumps[-1])
+    return {"instructions": total, "requests": load["requests"], "errors": load["errors"], "per_request": total / load["requests"]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Count the floor proxy and the gateway for each scenario, against one floor backend."""
+    bench = shared_bench()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or pathlib.Path(tmp)
+        backend_port = free_port()
+        backend = subprocess.Popen(
+            [sys.executable, str(bench / "floor_backend.py"), str(backend_port)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(backend_port)
+            config = workdir / "gateway.toml"
+            config.write_text(f'[backends.floor]\nurl = "http://127.0.0.1:{backend_port}/mcp"\n')
+            for scenario in args.scenarios:
+                row: dict[str, Any] = {}
+                for target in args.targets:
+                    port = free_port()
+                    if target == "floor":
+                        cmd = [sys.executable, str(bench / "floor_proxy.py"), str(port), str(backend_port)]
+                    else:
+                        cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
+                               "--log-level", "warning"]
+                    print(f"{scenario}: counting {target} ...", file=sys.stderr, flush=True)
+                    row[target] = count(cmd, port, scenario, target, args.requests, args.concurrency, workdir)
+                if "floor" in row and "gateway" in row:
+                    row["gateway_over_floor"] = row["gateway"]["per_request"] / row["floor"]["per_request"]
+                results[scenario] = row
+        finally:
+            backend.terminate()
+            backend.wait(10)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=["call", "call_stateless"])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--targets", type=lambda s: s.split(","), default=["floor", "gateway"], help="floor,gateway")
+    parser.add_argument("--keep", type=pathlib.Path, help="write the callgrind dumps here (for callgrind_annotate)")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "instructions.json")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts call and call_stateless)")
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts each run, so the same counts
+    results = run(args)
+    print("| scenario | floor instr/req | gateway instr/req | gateway/floor |")
+    print("|---|---|---|---|")
+    for scenario, row in results.items():
+        cells = [f"{row[t]['per_request']:,.0f}" if t in row else "-" for t in ("floor", "gateway")]
+        ratio = f"{row['gateway_over_floor']:.2f}" if "gateway_over_floor" in row else "-"
+        print(f"| {scenario} | {cells[0]} | {cells[1]} | {ratio} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"json: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
