@@ -34,6 +34,12 @@ log = logging.getLogger("gateway.server")
 
 _MAX_PIPELINED = 16  # requests in flight on one connection before reading pauses
 
+# Header names repeat from request to request: decode and lower-case each distinct
+# name once (bounded, so a client inventing names cannot grow it without end).
+_HEADER_NAMES: dict[bytes, str] = {}
+_HEADER_NAMES_MAX = 512
+_METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")}
+
 
 class ServerState:
     """What every connection of one listener shares: who is alive, what is running."""
@@ -56,6 +62,7 @@ class _Cycle:
 
     __slots__ = (
         "proto", "keep_alive", "buffer", "head_sent", "streaming", "done", "_closed", "_stopping", "_waiter", "on_disconnect",
+        "task",
     )
 
     def __init__(self, proto: HttpProtocol, keep_alive: bool) -> None:
@@ -70,6 +77,7 @@ class _Cycle:
         self._waiter: asyncio.Future[None] | None = None
         # Called once if the client goes away before the reply ended (stateless-era cancel).
         self.on_disconnect: Callable[[], None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the app's task answering this request
 
     # -- Reply ----------------------------------------------------------------------------------
 
@@ -180,6 +188,9 @@ class HttpProtocol(asyncio.Protocol):
         self.header_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.in_headers = True  # reading a header section (the limits below apply)
+        self.in_message = False  # between the first byte of a request and its end
+        self.headers_pending = False  # a request started and its header section is not complete
+        self.last_active = 0.0  # loop time the connection last became idle (see _on_idle_timeout)
         self.header_bytes = 0
         self.tail = b""  # last bytes of the previous chunk, to find a split "\r\n\r\n"
         # per request
@@ -196,6 +207,7 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
         self.state.connections.add(self)
+        self.last_active = self.loop.time()
         self.idle_timer = self.loop.call_later(self.config.idle_timeout, self._on_idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -211,9 +223,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         if self.in_headers and self._header_section_too_large(data):
             self._reject(R.HEADERS_TOO_LARGE)
             return
@@ -230,6 +239,11 @@ class HttpProtocol(asyncio.Protocol):
             self._reject(R.BAD_REQUEST)
         except httptools.HttpParserError:
             self._reject(R.BAD_REQUEST)
+        else:
+            # A header section split over reads gets header_timeout to complete. The
+            # timer is armed only then, not for every request (most arrive whole).
+            if self.headers_pending and self.header_timer is None and self.transport is not None:
+                self.header_timer = self.loop.call_later(self.config.header_timeout, self._on_header_timeout)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -248,13 +262,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_headers = True
+        self.in_message = True
+        self.headers_pending = True
         self.url = b""
         self.headers = {}
         self.header_count = 0
         self.body = []
         self.body_size = 0
-        if self.header_timer is None:
-            self.header_timer = self.loop.call_later(self.config.header_timeout, self._on_header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -265,13 +279,18 @@ class HttpProtocol(asyncio.Protocol):
         self.header_count += 1
         if self.header_count > self.config.max_headers:
             raise _Reject(R.HEADERS_TOO_LARGE)
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+                _HEADER_NAMES[name] = key
         text = value.decode("latin-1")
         previous = self.headers.get(key)
         self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
+        self.headers_pending = False
         self.header_bytes = 0
         self.tail = b""
         if self.header_timer is not None:
@@ -295,19 +314,25 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_headers = True
-        self.http11 = self.parser.get_http_version() == "1.1"
-        keep_alive = self.parser.should_keep_alive() and not self.state.shutting_down
+        self.in_message = False
+        parser = self.parser
+        self.http11 = parser.get_http_version() == "1.1"
+        keep_alive = parser.should_keep_alive() and not self.state.shutting_down
         path, _, query = self.url.decode("latin-1").partition("?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        request = Request(self.parser.get_method().decode("ascii"), path, query, self.headers, body, self.client, keep_alive)
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        request = Request(method, path, query, self.headers, body, self.client, keep_alive)
         cycle = _Cycle(self, keep_alive)
-        self.cycles.append(cycle)
-        if len(self.cycles) > _MAX_PIPELINED and not self.reading_paused and self.transport is not None:
+        cycles = self.cycles
+        cycles.append(cycle)
+        if len(cycles) > _MAX_PIPELINED and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
-        task = self.loop.create_task(self._run(request, cycle))
+        # The task leaves state.tasks at the end of _run (cheaper than a done callback,
+        # which costs a scheduled call per request).
+        cycle.task = task = self.loop.create_task(self._run(request, cycle))
         self.state.tasks.add(task)
-        task.add_done_callback(self.state.tasks.discard)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -329,6 +354,8 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("error in the app answering %s %s", request.method, request.path)
             self._app_failed(cycle)
             return
+        finally:
+            self.state.tasks.discard(cycle.task)  # type: ignore[arg-type]
         if not cycle.head_sent and not cycle.closed:
             log.error("the app returned without answering %s %s", request.method, request.path)
             self._app_failed(cycle)
@@ -377,8 +404,10 @@ class HttpProtocol(asyncio.Protocol):
         if not cycles and self.transport is not None:
             if self.state.shutting_down:
                 self.transport.close()
-            elif self.idle_timer is None and self.header_timer is None:
-                self.idle_timer = self.loop.call_later(self.config.idle_timeout, self._on_idle_timeout)
+            else:
+                self.last_active = self.loop.time()
+                if self.idle_timer is None:
+                    self.idle_timer = self.loop.call_later(self.config.idle_timeout, self._on_idle_timeout)
 
     def _close_after(self, cycle: _Cycle) -> None:
         for other in self.cycles:
@@ -409,9 +438,23 @@ class HttpProtocol(asyncio.Protocol):
         self._reject(R.REQUEST_TIMEOUT)
 
     def _on_idle_timeout(self) -> None:
+        """Close a keep-alive connection idle for idle_timeout.
+
+        One timer per connection, re-armed only when it fires: requests record when
+        the connection last became idle instead of cancelling and re-arming a timer each.
+        """
         self.idle_timer = None
-        if self.transport is not None and not self.cycles:
-            self.transport.close()
+        if self.transport is None:
+            return
+        timeout = self.config.idle_timeout
+        if self.cycles or self.in_message:
+            wait = timeout  # busy: look again a whole period later
+        else:
+            wait = self.last_active + timeout - self.loop.time()
+            if wait <= 0.001:
+                self.transport.close()
+                return
+        self.idle_timer = self.loop.call_later(wait, self._on_idle_timeout)
 
     def _cancel_timers(self) -> None:
         for timer in (self.header_timer, self.idle_timer):
