@@ -14,6 +14,7 @@ DEBUG = os.environ.get("GATEWAY_DEBUG_BUILD") == "1"
 macros = [("CYTHON_TRACE", "1")] if DEBUG else []
 extensions = [
     Extension("gateway._fast.router", ["gateway/_fast/router.pyx"], define_macros=macros),
+    Extension("gateway._fast.http1", ["gateway/_fast/http1.pyx"], define_macros=macros),
 ]
 
 setup(

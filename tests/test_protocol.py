@@ -288,3 +288,30 @@ async def test_pre_encoded_header_lines() -> None:
     await settle()
     head, _, body = transport.data.partition(b"\r\n\r\n")
     assert b"\r\ncontent-type: application/json\r\ncontent-length: 2" in head and body == b"{}"
+
+
+async def test_whole_and_split_requests_reach_the_app_alike() -> None:
+    """One read (the one-call parser) and one byte per read (httptools) give the app the same Request."""
+    seen: list[tuple[object, ...]] = []
+
+    async def record(request: Request, reply: Reply) -> None:
+        seen.append((request.method, request.path, request.query, request.headers, request.body, request.keep_alive))
+        reply.send(200, [], b"")
+
+    data = (
+        b"POST /mcp?a=1 HTTP/1.1\r\nHost: x\r\nX-Twice: a \r\nx-twice: b\r\nContent-Length: 5\r\n\r\nhello"
+        b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        b"DELETE /c HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
+    proto, _ = make(record)
+    proto.data_received(data)
+    await settle()
+    whole = list(seen)
+    seen.clear()
+    proto, _ = make(record)
+    for i in range(len(data)):
+        proto.data_received(data[i : i + 1])
+    await settle()
+    assert len(whole) == 3 and seen == whole
+    assert whole[0][3] == {"host": "x", "x-twice": "a, b", "content-length": "5"}
+    assert [w[5] for w in whole] == [True, True, False]

@@ -28,6 +28,7 @@ import httptools
 import msgspec
 
 from gateway import __version__
+from gateway._fast import USING_EXTENSIONS, keep_alive, parse_response
 from gateway.backends.base import (
     Backend,
     BackendState,
@@ -48,6 +49,10 @@ __all__ = ["HttpBackend"]
 
 _decode = msgspec.json.Decoder(Message).decode
 _BACKOFF_MAX = 30.0
+_MAX_RESPONSE_HEADERS = 256
+# A whole JSON response in one read is parsed in one call (compiled only: the
+# pure-Python twin is slower than httptools); everything else goes to httptools.
+_FAST_PARSE = USING_EXTENSIONS
 
 
 class _SessionExpired(Exception):
@@ -98,7 +103,7 @@ class _Conn(asyncio.Protocol):
         self.exchange: _Exchange | None = None
         self.reused = False
         self.closed = False
-        self._header_name = b""
+        self.in_message = False  # httptools is part way through a response
 
     # protocol interface
 
@@ -106,8 +111,11 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.got_bytes = True
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.got_bytes = True
+            if _FAST_PARSE and not self.in_message and self._whole_response(exchange, data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -121,11 +129,35 @@ class _Conn(asyncio.Protocol):
         if exchange is not None and not exchange.future.done():
             exchange.fail(ConnectionResetError("connection closed by the backend"))
 
+    def _whole_response(self, exchange: _Exchange, data: bytes) -> bool:
+        """Take a complete JSON response that is all of ``data`` in one step; False: not that case."""
+        parsed = parse_response(data, 0, _MAX_RESPONSE_HEADERS)
+        if parsed is None or parsed[4] != len(data):
+            return False
+        status, http11, headers, body_start, _ = parsed
+        if status == 200 and headers.get("content-type", "").startswith("text/event-stream"):
+            return False  # an SSE body is parsed as events: the slow path does that
+        exchange.status = status
+        exchange.headers = headers
+        if body_start < len(data):
+            exchange.body.append(data[body_start:])
+        keep = keep_alive(http11, headers.get("connection"))
+        self.exchange = None
+        self.backend._complete(exchange)
+        if keep and not self.closed:
+            self.backend._release(self)
+        else:
+            self.close()
+        return True
+
     # parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.exchange is not None:
-            self.exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+            self.exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1").rstrip(" \t")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -150,6 +182,7 @@ class _Conn(asyncio.Protocol):
             self.backend._on_stream_message(exchange, event.data)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         exchange, self.exchange = self.exchange, None
         keep = self.parser.should_keep_alive()
         if exchange is not None:

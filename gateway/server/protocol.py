@@ -6,6 +6,11 @@ before bytes reach it: header section size (431), header count (431), request
 target length (414), body size (413), header and idle timeouts. Malformed
 HTTP gets 400 and the connection is closed; no traceback ever reaches a client.
 
+A request that arrives whole and plain (the usual case: a few headers and a
+``Content-Length`` body in one read) is parsed in one call by
+``gateway._fast.parse_request``; anything else goes to httptools, which also
+answers every malformed input, so both paths apply the same limits and errors.
+
 Requests on one connection may be pipelined: each gets a ``_Cycle`` (the
 ``Reply`` of ``gateway.server.api``), the app runs in a task per request, and
 only the oldest unfinished cycle writes to the transport; later cycles buffer
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway._fast import USING_EXTENSIONS, keep_alive, parse_request
 from gateway.server import responses as R
 from gateway.server.api import App, Request
 
@@ -38,6 +44,8 @@ _MAX_PIPELINED = 16  # requests in flight on one connection before reading pause
 # name once (bounded, so a client inventing names cannot grow it without end).
 _HEADER_NAMES: dict[bytes, str] = {}
 _HEADER_NAMES_MAX = 512
+# The one-call parser pays off only compiled; its pure-Python twin is slower than httptools.
+_FAST_PARSE = USING_EXTENSIONS
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")}
 
 
@@ -223,6 +231,10 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if _FAST_PARSE and not self.in_message and self.header_bytes == 0:
+            data = self._parse_whole(data)
+            if not data:
+                return
         if self.in_headers and self._header_section_too_large(data):
             self._reject(R.HEADERS_TOO_LARGE)
             return
@@ -258,6 +270,26 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
+    def _parse_whole(self, data: bytes) -> bytes:
+        """Dispatch the whole plain requests at the start of ``data``; return the rest (for httptools)."""
+        config = self.config
+        start = 0
+        end = len(data)
+        while start < end and self.transport is not None:
+            parsed = parse_request(
+                data, start, config.max_url_bytes, config.max_headers, config.max_header_bytes, config.max_body_bytes
+            )
+            if parsed is None:
+                break
+            method, target, http11, headers, body_start, start = parsed
+            keep = keep_alive(http11, headers.get("connection"))
+            self.http11 = http11
+            path, _, query = target.partition("?")
+            self._dispatch(Request(method, path, query, headers, data[body_start:start], self.client, keep), keep)
+            if not keep:
+                return b""  # the connection closes after this response: nothing more is read
+        return data[start:] if start else data
+
     # -- parser callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -284,7 +316,7 @@ class HttpProtocol(asyncio.Protocol):
             key = name.decode("latin-1").lower()
             if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
                 _HEADER_NAMES[name] = key
-        text = value.decode("latin-1")
+        text = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing whitespace; RFC 9110 drops it
         previous = self.headers.get(key)
         self.headers[key] = text if previous is None else f"{previous}, {text}"
 
@@ -317,13 +349,18 @@ class HttpProtocol(asyncio.Protocol):
         self.in_message = False
         parser = self.parser
         self.http11 = parser.get_http_version() == "1.1"
-        keep_alive = parser.should_keep_alive() and not self.state.shutting_down
+        keep = parser.should_keep_alive()
         path, _, query = self.url.decode("latin-1").partition("?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        request = Request(method, path, query, self.headers, body, self.client, keep_alive)
-        cycle = _Cycle(self, keep_alive)
+        self._dispatch(Request(method, path, query, self.headers, body, self.client, keep), keep)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _dispatch(self, request: Request, keep: bool) -> None:
+        """Queue a parsed request's cycle and run the app on it in a task."""
+        cycle = _Cycle(self, keep and not self.state.shutting_down)
         cycles = self.cycles
         cycles.append(cycle)
         if len(cycles) > _MAX_PIPELINED and not self.reading_paused and self.transport is not None:
@@ -333,8 +370,6 @@ class HttpProtocol(asyncio.Protocol):
         # which costs a scheduled call per request).
         cycle.task = task = self.loop.create_task(self._run(request, cycle))
         self.state.tasks.add(task)
-
-    # -- internals ------------------------------------------------------------------------------
 
     def _header_section_too_large(self, data: bytes) -> bool:
         """Count header bytes before the parser sees them (it would buffer without limit)."""

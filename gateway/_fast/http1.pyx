@@ -1,0 +1,205 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""HTTP/1.1 message heads in one pass, for the common case (compiled; twin: ``_http1_py.py``).
+
+See the twin for the contract: a whole plain message is parsed in one call;
+anything else returns None and the caller hands the bytes to httptools. The
+grammar accepted here is exactly the twin's (tests compare the two).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.string cimport memcmp
+
+__all__ = ["keep_alive", "parse_request", "parse_response"]
+
+cdef enum:
+    MAX_NAME = 256  # longer header names go to httptools
+    MAX_METHOD = 16
+    MAX_DIGITS = 15  # Content-Length digits
+
+# Character classes, one byte per character: 1 = allowed.
+cdef unsigned char TCHAR[256]
+cdef unsigned char VALUE[256]
+cdef unsigned char TARGET[256]
+
+
+cdef void _init_tables():
+    cdef int c
+    for c in range(256):
+        TCHAR[c] = 0
+        VALUE[c] = 1 if (c == 9 or c == 32 or 0x21 <= c <= 0x7E or c >= 0x80) else 0
+        TARGET[c] = 1 if 0x21 <= c <= 0x7E else 0
+    for c in b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+        TCHAR[c] = 1
+
+
+_init_tables()
+
+
+cdef Py_ssize_t _find_crlf(const char* p, Py_ssize_t pos, Py_ssize_t stop):
+    """Index of the first CRLF in p[pos:stop], or -1."""
+    while pos + 1 < stop:
+        if p[pos] == b'\r' and p[pos + 1] == b'\n':
+            return pos
+        pos += 1
+    return -1
+
+
+cdef Py_ssize_t _find_head_end(const char* p, Py_ssize_t pos, Py_ssize_t n):
+    """Index of the first CRLFCRLF at or after pos, or -1."""
+    while pos + 3 < n:
+        if p[pos + 3] != b'\n':
+            pos += 1
+            continue
+        if p[pos] == b'\r' and p[pos + 1] == b'\n' and p[pos + 2] == b'\r':
+            return pos
+        pos += 1
+    return -1
+
+
+cdef object _headers(const char* p, Py_ssize_t pos, Py_ssize_t head_end, long max_headers, long long* length):
+    """Header lines in p[pos:head_end]; sets length (-1 when absent). None when not plain."""
+    cdef dict headers = {}
+    cdef Py_ssize_t eol, colon, vs, ve, i
+    cdef long count = 0
+    cdef unsigned char c
+    cdef char name[MAX_NAME]
+    cdef long long value_length
+    length[0] = -1
+    while pos < head_end:
+        eol = _find_crlf(p, pos, head_end + 2)
+        count += 1
+        if count > max_headers:
+            return None
+        colon = pos
+        while colon < eol and p[colon] != b':':
+            c = <unsigned char>p[colon]
+            if not TCHAR[c]:
+                return None
+            colon += 1
+        if colon == eol or colon == pos or colon - pos > MAX_NAME:
+            return None
+        for i in range(pos, colon):
+            c = <unsigned char>p[i]
+            name[i - pos] = c + 32 if 65 <= c <= 90 else c
+        vs = colon + 1
+        for i in range(vs, eol):
+            if not VALUE[<unsigned char>p[i]]:
+                return None
+        ve = eol
+        while vs < ve and (p[vs] == b' ' or p[vs] == b'\t'):
+            vs += 1
+        while ve > vs and (p[ve - 1] == b' ' or p[ve - 1] == b'\t'):
+            ve -= 1
+        key = PyUnicode_DecodeLatin1(name, colon - pos, NULL)
+        if key == "transfer-encoding" or key == "upgrade":
+            return None
+        value = PyUnicode_DecodeLatin1(p + vs, ve - vs, NULL)
+        if key == "content-length":
+            if length[0] >= 0 or ve == vs or ve - vs > MAX_DIGITS:
+                return None
+            value_length = 0
+            for i in range(vs, ve):
+                c = <unsigned char>p[i]
+                if c < 48 or c > 57:
+                    return None
+                value_length = value_length * 10 + (c - 48)
+            length[0] = value_length
+        previous = headers.get(key)
+        headers[key] = value if previous is None else f"{previous}, {value}"
+        pos = eol + 2
+    return headers
+
+
+def parse_request(bytes data, Py_ssize_t start, long max_url, long max_headers, long max_head, long long max_body):
+    """A complete plain request at ``data[start:]``: ``(method, target, http11, headers,
+    body_start, end)``, or None (let httptools have it). See ``_http1_py.parse_request``."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t head_end, eol, sp1, sp2, i
+    cdef long long length
+    cdef bint http11
+    head_end = _find_head_end(p, start, n)
+    if head_end < 0 or head_end - start > max_head:
+        return None
+    eol = _find_crlf(p, start, head_end + 2)
+    sp1 = start
+    while sp1 < eol and 65 <= <unsigned char>p[sp1] <= 90:
+        sp1 += 1
+    if sp1 == start or sp1 - start > MAX_METHOD or sp1 >= eol or p[sp1] != b' ':
+        return None
+    sp2 = sp1 + 1
+    while sp2 < eol and TARGET[<unsigned char>p[sp2]]:
+        sp2 += 1
+    if sp2 == sp1 + 1 or sp2 - sp1 - 1 > max_url or sp2 >= eol or p[sp2] != b' ':
+        return None
+    if eol - sp2 - 1 != 8 or memcmp(p + sp2 + 1, b"HTTP/1.", 7) != 0:
+        return None
+    if p[eol - 1] == b'1':
+        http11 = True
+    elif p[eol - 1] == b'0':
+        http11 = False
+    else:
+        return None
+    headers = _headers(p, eol + 2, head_end, max_headers, &length)
+    if headers is None or length > max_body:
+        return None
+    if length < 0:
+        length = 0
+    if head_end + 4 + length > n:
+        return None
+    return (
+        PyUnicode_DecodeLatin1(p + start, sp1 - start, NULL),
+        PyUnicode_DecodeLatin1(p + sp1 + 1, sp2 - sp1 - 1, NULL),
+        http11,
+        headers,
+        head_end + 4,
+        head_end + 4 + length,
+    )
+
+
+def parse_response(bytes data, Py_ssize_t start, long max_headers):
+    """A complete response with a ``Content-Length`` body at ``data[start:]``: ``(status,
+    http11, headers, body_start, end)``, or None. See ``_http1_py.parse_response``."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t head_end, eol, i
+    cdef long long length
+    cdef int status
+    cdef bint http11
+    head_end = _find_head_end(p, start, n)
+    if head_end < 0:
+        return None
+    eol = _find_crlf(p, start, head_end + 2)
+    if eol - start < 13 or memcmp(p + start, b"HTTP/1.", 7) != 0 or p[start + 8] != b' ' or p[start + 12] != b' ':
+        return None
+    if p[start + 7] == b'1':
+        http11 = True
+    elif p[start + 7] == b'0':
+        http11 = False
+    else:
+        return None
+    status = 0
+    for i in range(start + 9, start + 12):
+        if p[i] < b'0' or p[i] > b'9':
+            return None
+        status = status * 10 + (p[i] - 48)
+    if p[start + 9] == b'0' or status < 200:
+        return None
+    for i in range(start + 13, eol):
+        if not VALUE[<unsigned char>p[i]]:
+            return None
+    headers = _headers(p, eol + 2, head_end, max_headers, &length)
+    if headers is None or length < 0:
+        return None
+    if head_end + 4 + length > n:
+        return None
+    return status, http11, headers, head_end + 4, head_end + 4 + length
+
+
+cpdef bint keep_alive(bint http11, object connection):
+    """Whether the connection stays open after this message. See ``_http1_py.keep_alive``."""
+    if connection is None:
+        return http11
+    tokens = {t.strip() for t in connection.lower().split(",")}
+    return "close" not in tokens if http11 else "keep-alive" in tokens
