@@ -44,6 +44,7 @@ from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.mcp.protocol_versions import STATELESS_VERSION, STATELESS_VERSIONS
 from gateway.mcp.stateless import NAME_PARAM, encode_header_value
+from gateway.timers import Deadlines
 
 __all__ = ["HttpBackend"]
 
@@ -91,6 +92,10 @@ class _Exchange:
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+    def time_out(self, _: Any = None) -> None:
+        """Deadline callback: the backend took longer than the request's limit."""
+        self.fail(asyncio.TimeoutError())
 
 
 class _Conn(asyncio.Protocol):
@@ -215,7 +220,7 @@ class _Conn(asyncio.Protocol):
 class _UpSession:
     """One upstream MCP session (its id and negotiated version)."""
 
-    __slots__ = ("session_id", "version", "lock", "ready", "capabilities")
+    __slots__ = ("session_id", "version", "lock", "ready", "capabilities", "_head", "_head_for")
 
     def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
         self.session_id: str | None = None
@@ -224,6 +229,21 @@ class _UpSession:
         self.ready = False
         # Declared in initialize: the client's own for a per-client session, else the gateway's.
         self.capabilities = capabilities
+        self._head = b""
+        self._head_for: tuple[str | None, str | None] | None = None
+
+    def head(self, prefix: bytes) -> bytes:
+        """``prefix`` (the backend's constant POST head) plus this session's version and id
+        headers, built once per (version, id)."""
+        key = (self.version, self.session_id)
+        if key != self._head_for:
+            lines = [prefix]
+            if self.version:
+                lines.append(b"mcp-protocol-version: " + self.version.encode("latin-1") + b"\r\n")
+            if self.session_id:
+                lines.append(b"mcp-session-id: " + self.session_id.encode("latin-1") + b"\r\n")
+            self._head, self._head_for = b"".join(lines), key
+        return self._head
 
 
 def _stateless_session() -> _UpSession:
@@ -250,6 +270,8 @@ class HttpBackend(Backend):
         self.default_timeout = default_timeout
         self.log = logging.getLogger(f"gateway.backend.{name}")
         self._head = self._build_head(parts.netloc)
+        self._post_head = b"POST " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head
+        self._deadlines = Deadlines()  # request timeouts, checked on one tick instead of a timer each
         self._idle: deque[_Conn] = deque()
         self._all: set[_Conn] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -527,13 +549,9 @@ class HttpBackend(Backend):
         *,
         ticket: Ticket | None = None,
     ) -> tuple[Message | None, dict[str, str]]:
-        head = [b"POST ", self.path.encode("latin-1"), b" HTTP/1.1\r\n", self._head, extra]
-        if session.version:
-            head.append(b"mcp-protocol-version: " + session.version.encode("latin-1") + b"\r\n")
-        if session.session_id:
-            head.append(b"mcp-session-id: " + session.session_id.encode("latin-1") + b"\r\n")
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        data = b"".join(head) + body
+        head = session.head(self._post_head)
+        data = b"%b%bcontent-length: %d\r\n\r\n%b" % (head, extra, len(body), body)
+        deadlines = self._deadlines
         for attempt in (1, 2):
             conn = await self._acquire()
             exchange = _Exchange(upstream_id, sink)
@@ -542,8 +560,8 @@ class HttpBackend(Backend):
                 ticket.upstream_id = upstream_id
                 ticket.handle = (session, conn, exchange)
             conn.send(exchange, data)
-            # A timer handle rather than wait_for(): no extra task or future per request.
-            timer = asyncio.get_running_loop().call_later(limit, exchange.fail, asyncio.TimeoutError())
+            # A coarse deadline rather than wait_for() or a loop timer: no task, future or timer per request.
+            deadlines.add(exchange, limit, exchange.time_out)
             try:
                 answer, headers = await exchange.future
             except asyncio.TimeoutError:
@@ -557,7 +575,7 @@ class HttpBackend(Backend):
                     continue
                 raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
             finally:
-                timer.cancel()
+                deadlines.discard(exchange)
             if exchange.status == 404 and (session.session_id or answer is None):
                 if session.session_id and upstream_id is not None:
                     raise _SessionExpired()

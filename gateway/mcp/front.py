@@ -73,6 +73,7 @@ from gateway.mcp.stateless import (
 )
 from gateway.mcp.sessions import RequestContext, Session, SessionStore
 from gateway.server.api import Reply, Request
+from gateway.timers import Deadlines
 
 __all__ = ["McpFront"]
 
@@ -160,6 +161,8 @@ class McpFront:
         self._allowed_hosts = self._build_allowed_hosts()
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in config.server.allowed_origins)
         self._keepalive = config.server.sse_keepalive
+        # When each routed call switches to SSE keep-alive comments (one tick, not a timer per call).
+        self._slow_calls = Deadlines(min(0.25, self._keepalive / 4))
         self._passthrough_backend = (
             next(iter(catalog.backends.values())) if config.gateway.passthrough and catalog.backends else None
         )
@@ -705,7 +708,7 @@ class McpFront:
         if stream is not None:
             # A call still running after sse_keepalive seconds switches to SSE and gets
             # keep-alive comments, so proxies with idle-read timeouts keep it open.
-            stream.keepalive = asyncio.get_running_loop().call_later(self._keepalive, stream.keep_alive, self._keepalive)
+            self._slow_calls.add(stream, self._keepalive, stream.keep_alive, self._keepalive)
         session = ctx.session
         if session is not None:
             session.inflight[msg.id] = (backend, ticket)
@@ -743,8 +746,10 @@ class McpFront:
                 reply.send(202, (), b"")
             return None
         finally:
-            if stream is not None and stream.keepalive is not None:
-                stream.keepalive.cancel()
+            if stream is not None:
+                self._slow_calls.discard(stream)
+                if stream.keepalive is not None:
+                    stream.keepalive.cancel()
             if session is not None:
                 session.inflight.pop(msg.id, None)
             elif reply is not None:
@@ -845,8 +850,9 @@ class McpFront:
         if call is None:
             raise InvalidParams("requestState is unknown or expired: call again without it", reason="unknown_request_state")
         self._answer_backend(call, backend, session_key, params)
+        self._slow_calls.discard(stream)  # the held call's stream takes over this response
         if stream.keepalive is not None:
-            stream.keepalive.cancel()  # the held call's stream takes over this response
+            stream.keepalive.cancel()
         call.stream.rebind(stream)
         stream = call.stream
         held = call
