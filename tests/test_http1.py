@@ -212,3 +212,10 @@ def test_what_is_accepted_httptools_reads_the_same(data: bytes) -> None:
     assert parser.get_http_version() == ("1.1" if http11 else "1.0")
     assert seen.headers == headers
     assert seen.body == data[body_start:end]
+
+
+def test_repeated_headers_with_shared_values(impl) -> None:  # type: ignore[no-untyped-def]
+    """Empty and one-character values are shared str objects in CPython: still joined."""
+    data = b"GET / HTTP/1.1\r\nX:\r\nx:\r\nY: a\r\nY: a\r\nHost: h\r\nhost: h\r\n\r\n"
+    headers = impl.parse_request(data, 0, *LIMITS)[3]
+    assert headers == {"x": ", ", "y": "a, a", "host": "h, h"}

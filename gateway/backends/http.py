@@ -129,6 +129,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        self.parser = None  # type: ignore[assignment]  # it refers back to us: break the cycle
         self.backend._forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None and not exchange.future.done():
@@ -576,6 +577,11 @@ class HttpBackend(Backend):
                 raise BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection") from None
             finally:
                 deadlines.discard(exchange)
+                # Break the exchange -> sink -> caller's stream -> ticket -> exchange cycle, so the
+                # request's objects die by reference counting, not in a garbage collection later.
+                exchange.sink = None
+                if ticket is not None:
+                    ticket.handle = None  # a late cancel must not close a connection serving another request
             if exchange.status == 404 and (session.session_id or answer is None):
                 if session.session_id and upstream_id is not None:
                     raise _SessionExpired()

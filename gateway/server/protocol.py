@@ -229,6 +229,7 @@ class HttpProtocol(asyncio.Protocol):
                 waiter.set_result(None)
         self.drain_waiters.clear()
         self.transport = None
+        self.parser = None  # type: ignore[assignment]  # it refers back to us: break the cycle
 
     def data_received(self, data: bytes) -> None:
         if _FAST_PARSE and not self.in_message and self.header_bytes == 0:
