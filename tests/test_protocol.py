@@ -315,3 +315,25 @@ async def test_whole_and_split_requests_reach_the_app_alike() -> None:
     assert len(whole) == 3 and seen == whole
     assert whole[0][3] == {"host": "x", "x-twice": "a, b", "content-length": "5"}
     assert [w[5] for w in whole] == [True, True, False]
+
+
+async def test_an_app_still_running_after_its_reply_does_not_hold_up_the_next_request() -> None:
+    """A held call (replied, still running until the client's next request) must not block
+    that next request on the same connection."""
+    second_seen = asyncio.Event()
+
+    async def app(request: Request, reply: Reply) -> None:
+        if request.path == "/first":
+            reply.send(200, [], b"first")
+            await asyncio.wait_for(second_seen.wait(), 2)  # waits for the next request, as a held call does
+        else:
+            second_seen.set()
+            reply.send(200, [], b"second")
+
+    proto, transport = make(app)
+    proto.data_received(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+    await settle()
+    proto.data_received(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+    await settle(0.05)
+    assert second_seen.is_set()
+    assert transport.data.endswith(b"second") and len(status_lines(transport.data)) == 2

@@ -554,7 +554,12 @@ class HttpBackend(Backend):
         data = b"%b%bcontent-length: %d\r\n\r\n%b" % (head, extra, len(body), body)
         deadlines = self._deadlines
         for attempt in (1, 2):
-            conn = await self._acquire()
+            idle = self._idle
+            conn = idle.pop() if idle and not idle[-1].closed else None
+            if conn is not None:
+                conn.reused = True  # the common case, without the await of _acquire()
+            else:
+                conn = await self._acquire()
             exchange = _Exchange(upstream_id, sink)
             exchange.session = session
             if ticket is not None:

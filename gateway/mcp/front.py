@@ -175,7 +175,7 @@ class McpFront:
         # method -> handler(msg, ctx, reply) returning response bytes, or None when it streamed
         self._handlers: dict[str, Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]]] = {
             "ping": self._ping,
-            "tools/call": self._tools_call,
+            "tools/call": self._routed,  # routes by "name" as a tool: no wrapper level on the hot path
             "prompts/get": self._prompts_get,
             "resources/read": self._resources_read,
             "logging/setLevel": self._set_level,
@@ -187,7 +187,7 @@ class McpFront:
         # The stateless era's methods (no session, no subscribe/setLevel: those ride on _meta and listen).
         self._stateless_handlers: dict[str, Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]]] = {
             "server/discover": self._discover,
-            "tools/call": self._tools_call,
+            "tools/call": self._routed,
             "prompts/get": self._prompts_get,
             "resources/read": self._resources_read,
             "completion/complete": self._complete,
@@ -347,7 +347,14 @@ class McpFront:
             self._accept_client_message(msg, ctx)
             reply.send(202, (), b"")
             return
-        body = await self._request(msg, ctx, reply)
+        # _request, inlined: one coroutine level less on the hot path.
+        handler = self._handlers.get(msg.method)  # type: ignore[arg-type]
+        try:
+            if handler is None:
+                raise MethodNotFound(f"method not found: {msg.method}")
+            body = await handler(msg, ctx, reply)
+        except GatewayError as err:
+            body = self._request_failed(msg, reply, err)
         if body is not None:
             reply.send(200, _JSON_HEADER_LINES, body)
 
@@ -559,10 +566,14 @@ class McpFront:
                 raise MethodNotFound(f"method not found: {msg.method}")
             return await handler(msg, ctx, reply)  # type: ignore[arg-type]
         except GatewayError as err:
-            if reply is None or err.http_status == 200:
-                return error_body(msg.id, err)
-            self._send_error(reply, msg.id, err)
-            return None
+            return self._request_failed(msg, reply, err)
+
+    def _request_failed(self, msg: Message, reply: Reply | None, err: GatewayError) -> bytes | None:
+        """A request's error: as response bytes (200-status errors, or no reply), else sent now."""
+        if reply is None or err.http_status == 200:
+            return error_body(msg.id, err)
+        self._send_error(reply, msg.id, err)
+        return None
 
     # -- local methods -----------------------------------------------------------------------
 
@@ -593,9 +604,6 @@ class McpFront:
         return response_bytes(msg.id, _EMPTY_RESULT)  # type: ignore[arg-type]
 
     # -- routed methods ----------------------------------------------------------------------
-
-    async def _tools_call(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
-        return await self._routed(msg, ctx, reply, "name", "tool")
 
     async def _prompts_get(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
         return await self._routed(msg, ctx, reply, "name", "prompt")
@@ -632,7 +640,9 @@ class McpFront:
         params["ref"] = Raw(encode({**ref, key: route[1]}))
         return await self._forward(msg, ctx, reply, route, params, None)
 
-    async def _routed(self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str, kind: str) -> bytes | None:
+    async def _routed(
+        self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str = "name", kind: str = "tool"
+    ) -> bytes | None:
         """Route by ``params[key]`` through the routing table, or answer -32602 for an unknown ``kind``."""
         params, value = self._params_with(msg, key)
         router = self.catalog.snapshot.router

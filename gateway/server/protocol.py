@@ -12,9 +12,13 @@ A request that arrives whole and plain (the usual case: a few headers and a
 answers every malformed input, so both paths apply the same limits and errors.
 
 Requests on one connection may be pipelined: each gets a ``_Cycle`` (the
-``Reply`` of ``gateway.server.api``), the app runs in a task per request, and
-only the oldest unfinished cycle writes to the transport; later cycles buffer
-their output until it is their turn, so responses leave in request order.
+``Reply`` of ``gateway.server.api``). A request is answered by the
+connection's worker, one task that lives as long as the connection (a task
+per request costs more than a small request itself), when that worker is
+idle; while it is busy (pipelining, or an app still running after its reply
+went out, such as a call held for the client's next round), the request gets
+a task of its own. Only the oldest unfinished cycle writes to the transport,
+so responses still leave in request order.
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ class _Cycle:
 
     __slots__ = (
         "proto", "keep_alive", "buffer", "head_sent", "streaming", "done", "_closed", "_stopping", "_waiter", "on_disconnect",
-        "task",
     )
 
     def __init__(self, proto: HttpProtocol, keep_alive: bool) -> None:
@@ -85,7 +88,6 @@ class _Cycle:
         self._waiter: asyncio.Future[None] | None = None
         # Called once if the client goes away before the reply ended (stateless-era cancel).
         self.on_disconnect: Callable[[], None] | None = None
-        self.task: asyncio.Task[None] | None = None  # the app's task answering this request
 
     # -- Reply ----------------------------------------------------------------------------------
 
@@ -189,6 +191,9 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.cycles: deque[_Cycle] = deque()
+        self.queue: deque[tuple[Request, _Cycle]] = deque()  # parsed, not yet handed to the app
+        self.worker: asyncio.Task[None] | None = None  # answers the queue, in order
+        self.wakeup: asyncio.Future[None] | None = None  # the idle worker waits on it
         self.http11 = True
         self.reading_paused = False
         self.writing_paused = False
@@ -230,6 +235,7 @@ class HttpProtocol(asyncio.Protocol):
         self.drain_waiters.clear()
         self.transport = None
         self.parser = None  # type: ignore[assignment]  # it refers back to us: break the cycle
+        self._wake_worker()  # an idle worker ends; a busy one ends after the queued requests
 
     def data_received(self, data: bytes) -> None:
         if _FAST_PARSE and not self.in_message and self.header_bytes == 0:
@@ -367,10 +373,22 @@ class HttpProtocol(asyncio.Protocol):
         if len(cycles) > _MAX_PIPELINED and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
-        # The task leaves state.tasks at the end of _run (cheaper than a done callback,
-        # which costs a scheduled call per request).
-        cycle.task = task = self.loop.create_task(self._run(request, cycle))
-        self.state.tasks.add(task)
+        if self.wakeup is not None:  # the worker is idle: it takes this one
+            self.queue.append((request, cycle))
+            self._wake_worker()
+        elif self.worker is None:
+            self.queue.append((request, cycle))
+            self.worker = task = self.loop.create_task(self._serve())
+            self.state.tasks.add(task)
+        else:  # the worker is busy: this request must not wait for it
+            task = self.loop.create_task(self._answer(request, cycle))
+            self.state.tasks.add(task)
+            task.add_done_callback(self.state.tasks.discard)
+
+    def _wake_worker(self) -> None:
+        wakeup, self.wakeup = self.wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def _header_section_too_large(self, data: bytes) -> bool:
         """Count header bytes before the parser sees them (it would buffer without limit)."""
@@ -383,15 +401,43 @@ class HttpProtocol(asyncio.Protocol):
             self.tail = data[-3:]
         return size > self.config.max_header_bytes
 
-    async def _run(self, request: Request, cycle: _Cycle) -> None:
+    async def _serve(self) -> None:
+        """The connection's worker: hand each queued request to the app, in order, until the
+        connection is gone (it waits, idle, on ``wakeup`` between requests)."""
+        queue = self.queue
+        app = self.app
+        try:
+            while True:
+                while queue:
+                    request, cycle = queue.popleft()
+                    try:
+                        await app(request, cycle)
+                    except Exception:
+                        self._app_raised(request, cycle)
+                    else:
+                        self._app_returned(request, cycle)
+                if self.transport is None:
+                    return
+                self.wakeup = wakeup = self.loop.create_future()
+                await wakeup
+        finally:
+            task, self.worker = self.worker, None
+            self.state.tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _answer(self, request: Request, cycle: _Cycle) -> None:
+        """One request in a task of its own (the worker was busy)."""
         try:
             await self.app(request, cycle)
         except Exception:
-            log.exception("error in the app answering %s %s", request.method, request.path)
-            self._app_failed(cycle)
-            return
-        finally:
-            self.state.tasks.discard(cycle.task)  # type: ignore[arg-type]
+            self._app_raised(request, cycle)
+        else:
+            self._app_returned(request, cycle)
+
+    def _app_raised(self, request: Request, cycle: _Cycle) -> None:
+        log.exception("error in the app answering %s %s", request.method, request.path)
+        self._app_failed(cycle)
+
+    def _app_returned(self, request: Request, cycle: _Cycle) -> None:
         if not cycle.head_sent and not cycle.closed:
             log.error("the app returned without answering %s %s", request.method, request.path)
             self._app_failed(cycle)
