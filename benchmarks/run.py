@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "floor", "gateway")
-SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "churn")
+SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn")
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -115,10 +115,12 @@ class Stack:
         wait_port(self.floor_port)
         config = workdir / f"{scenario}.toml"
         names = [f"b{i}" for i in range(count)] if many else ["floor"]
-        config.write_text(
-            "[server]\nmax_body_bytes = 8388608\n"
-            + "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
-        )
+        if scenario == "stdio":  # the gateway's backend is the floor backend's stdio twin, a child process
+            backends = f'[backends.floor]\ncommand = {sys.executable!r}\nargs = ["-m", "benchmarks.stdio_echo_backend"]\n'
+            backends += f"cwd = {str(ROOT)!r}\n"
+        else:
+            backends = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
+        config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends)
         self.gateway_port = free_port()
         self.gateway = self._spawn(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.gateway_port), "--log-level", "warning"]

@@ -27,12 +27,12 @@ def _shared_bench_present() -> bool:
 @pytest.mark.skipif(not _shared_bench_present(), reason="shared/bench (floor backend and proxy) is not beside the repo")
 def test_harness_runs_all_three_targets(tmp_path) -> None:
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "benchmarks.run", "--scenarios", "call,call_stateless,churn", "--concurrency", "2",
+    cmd = [sys.executable, "-m", "benchmarks.run", "--scenarios", "call,call_stateless,stdio,churn", "--concurrency", "2",
            "--duration", "0.3", "--rounds", "1", "--out", str(out), "--chart", str(tmp_path / "r.png")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    for scenario in ("call", "call_stateless", "churn"):
+    for scenario in ("call", "call_stateless", "stdio", "churn"):
         cell = results["scenarios"][scenario]["2"]
         for target in ("direct", "floor", "gateway"):
             assert cell[target]["requests"] > 0 and cell[target]["errors"] == 0, (scenario, target, cell[target])

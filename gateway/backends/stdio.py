@@ -25,6 +25,7 @@ from gateway.backends.base import Backend, BackendState, MessageSink, RequestCan
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
+from gateway.timers import Deadlines
 
 __all__ = ["StdioBackend"]
 
@@ -33,6 +34,12 @@ _STDERR_LINE_MAX = 4096
 _STABLE_AFTER = 30.0  # a process up this long resets the restart backoff
 _decode = msgspec.json.Decoder(Message).decode
 _INITIALIZED = encode(Message(method="notifications/initialized")) + b"\n"
+
+
+def _time_out(future: asyncio.Future[Message]) -> None:
+    """Deadline callback: the process did not answer in time."""
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 class _Pending:
@@ -57,6 +64,7 @@ class _Process:
         self.tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
         self.log = backend.log
+        self.deadlines = Deadlines()  # request timeouts on one tick, not a timer and a task per request
 
     async def spawn(self) -> None:
         cfg = self.backend.config
@@ -119,7 +127,8 @@ class _Process:
             ticket.handle = self
         try:
             await self.write(encode(Message(id=upstream_id, method=method, params=params)) + b"\n")
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            self.deadlines.add(future, timeout, _time_out, future)
+            return await future
         except asyncio.TimeoutError:
             self._cancel_upstream(upstream_id, "timeout")
             raise BackendTimeout(
@@ -129,6 +138,7 @@ class _Process:
             self._cancel_upstream(upstream_id, "client cancelled")
             raise
         finally:
+            self.deadlines.discard(future)
             self.pending.pop(upstream_id, None)
 
     def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
