@@ -45,6 +45,7 @@ class _Conn(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.lost = False
         self.rpc_error = False  # the body carried a JSON-RPC error (HTTP 200 can still be a failure)
+        self.body_seen = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,8 +62,13 @@ class _Conn(asyncio.Protocol):
         self.headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
-        if b'"error":{' in body:
-            self.rpc_error = True
+        # A JSON-RPC error object comes right after "jsonrpc" and "id" (an SSE body: after "data: "),
+        # so only the start of the body is searched: scanning whole large results would make the
+        # generator, not the server, the bottleneck (and could match text inside a result).
+        if not self.body_seen:
+            self.body_seen = True
+            if b'"error":{' in body[:96]:
+                self.rpc_error = True
 
     def on_message_complete(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -72,6 +78,7 @@ class _Conn(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.headers = {}
         self.rpc_error = False
+        self.body_seen = False
         assert self.transport is not None
         self.transport.write(data)
         return await self.waiter

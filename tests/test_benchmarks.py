@@ -92,3 +92,17 @@ def test_locustfile_runs(bench_gateway) -> None:  # type: ignore[no-untyped-def]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = done.stdout + done.stderr
     assert "tools/call" in report and "initialize" in report and "server/discover" in report
+
+
+@pytest.mark.parametrize(("tool", "failing"), [("bench__tool_000", False), ("no__such_tool", True)])
+def test_loadgen_counts_json_rpc_errors(bench_gateway, tool: str, failing: bool) -> None:  # type: ignore[no-untyped-def]
+    """An HTTP 200 carrying a JSON-RPC error is an error to the load generator, not a success."""
+    port = int(bench_gateway.url.rsplit(":", 1)[1].split("/")[0])
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", "2", "--requests", "20",
+           "--body", body, "--initialize"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["requests"] == 20
+    assert report["errors"] == (20 if failing else 0)
