@@ -96,10 +96,12 @@ _NEEDS_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create":
 _decode_error = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-def _strip_envelope(params: dict[str, Raw]) -> None:
+def _strip_envelope(params: dict[str, Raw], meta: Any = None) -> None:
     """Remove the stateless era's ``_meta`` keys (protocol version, capabilities, client
-    info, log level) before a request goes to a handshake-era backend."""
-    meta = decode_any(params["_meta"])
+    info, log level) before a request goes to a handshake-era backend. ``meta``: the
+    decoded ``_meta`` when the caller has it."""
+    if meta is None:
+        meta = decode_any(params["_meta"])
     if isinstance(meta, dict):
         kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
         if kept:
@@ -373,20 +375,20 @@ class McpFront:
         return msg.params is not UNSET and _ENVELOPE_MARK in bytes(msg.params)
 
     @staticmethod
-    def _envelope_view(msg: Message) -> Any:
-        """Just what the envelope checks read (``_meta`` and the name or URI), decoded;
-        the arguments stay undecoded bytes."""
+    def _envelope_view(msg: Message) -> tuple[Any, dict[str, Raw] | None]:
+        """Just what the envelope checks read (``_meta`` and the name or URI), decoded, and
+        the params as ``{key: raw}`` (None when not an object); the arguments stay bytes."""
         if msg.params is UNSET:
-            return {}
+            return {}, None
         try:
             raw = _decode_params(msg.params)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            return decode_any(msg.params)  # not an object: the checks say what is wrong
+            return decode_any(msg.params), None  # not an object: the checks say what is wrong
         view = {"_meta": decode_any(raw["_meta"])} if "_meta" in raw else {}
         key = NAME_PARAM.get(msg.method)  # type: ignore[arg-type]
         if key is not None and key in raw:
             view[key] = decode_any(raw[key])
-        return view
+        return view, raw
 
     async def _stateless_post(self, msg: Message, headers: dict[str, str], reply: Reply) -> None:
         """One 2026-07-28 request: envelope and header checks, then the method."""
@@ -395,11 +397,13 @@ class McpFront:
             reply.send(202, (), b"")
             return
         try:
-            envelope = check_envelope(msg.method, self._envelope_view(msg), headers)
+            view, raw_params = self._envelope_view(msg)
+            envelope = check_envelope(msg.method, view, headers)
             level = envelope.log_level if isinstance(envelope.log_level, str) else None
             ctx = RequestContext(
                 "stateless", envelope.version, None, envelope.capabilities, envelope.client_info, headers, level
             )
+            ctx.params, ctx.meta = raw_params, view.get("_meta")
             handler = self._stateless_handlers.get(msg.method)
             if handler is None:
                 raise MethodNotFound(f"method not found: {msg.method}")
@@ -644,7 +648,7 @@ class McpFront:
         self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str = "name", kind: str = "tool"
     ) -> bytes | None:
         """Route by ``params[key]`` through the routing table, or answer -32602 for an unknown ``kind``."""
-        params, value = self._params_with(msg, key)
+        params, value = self._params_with(msg, key, ctx)
         router = self.catalog.snapshot.router
         resolve = router.resolve_tool if kind == "tool" else router.resolve_prompt if kind == "prompt" else router.resolve_uri
         route = resolve(value)
@@ -656,24 +660,31 @@ class McpFront:
                 raise ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
             raise InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
         if ctx.era == "stateless" and kind == "tool":
-            arguments = decode_any(params["arguments"]) if "arguments" in params else None
-            check_param_headers(self.catalog.snapshot.header_annotations(value), arguments, ctx.headers or {})
+            annotations = self.catalog.snapshot.header_annotations(value)
+            if annotations:  # the arguments are decoded only for tools that declare Mcp-Param headers
+                arguments = decode_any(params["arguments"]) if "arguments" in params else None
+                check_param_headers(annotations, arguments, ctx.headers or {})
         return await self._forward(msg, ctx, reply, route, params, key, value)
 
     @staticmethod
-    def _params_raw(msg: Message, key: str) -> tuple[dict[str, Raw], Raw]:
+    def _params_raw(msg: Message, key: str, ctx: RequestContext | None = None) -> tuple[dict[str, Raw], Raw]:
+        """Params as ``{key: raw}`` (decoded already by the envelope checks, if ``ctx`` has them)."""
         if msg.params is UNSET:
             raise InvalidParams(f"params.{key} is required")
         try:
-            params = _decode_params(msg.params)
+            params = None
+            if ctx is not None and ctx.params is not None:
+                params, ctx.params = ctx.params, None
+            else:
+                params = _decode_params(msg.params)
             return params, params[key]
         except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
             raise InvalidParams(f"params must be an object with {key!r}") from None
 
     @staticmethod
-    def _params_with(msg: Message, key: str) -> tuple[dict[str, Raw], str]:
+    def _params_with(msg: Message, key: str, ctx: RequestContext | None = None) -> tuple[dict[str, Raw], str]:
         """Params as ``{key: raw}`` plus the decoded string under ``key``."""
-        params, raw = McpFront._params_raw(msg, key)
+        params, raw = McpFront._params_raw(msg, key, ctx)
         try:
             value = msgspec.json.decode(raw)
         except msgspec.DecodeError:
@@ -702,7 +713,7 @@ class McpFront:
         if stream is not None and ctx.era == "stateless" and era == "handshake":
             stream.request_id, stream.method, stream.name = msg.id, msg.method, exposed or None
         if stream is not None and "_meta" in params:
-            self._remap_progress(params, stream)
+            self._remap_progress(params, stream, ctx.meta)
         headers = None
         if era == "stateless":
             headers = self._routing_headers(msg.method, params, key, original, exposed)  # type: ignore[arg-type]
@@ -711,7 +722,7 @@ class McpFront:
                 body_params = with_envelope(body_params, ctx.capabilities, ctx.client_info)
         else:
             if ctx.era == "stateless" and "_meta" in params:
-                _strip_envelope(params)  # a handshake-era server refuses the stateless envelope
+                _strip_envelope(params, ctx.meta)  # a handshake-era server refuses the stateless envelope
             body_params = Raw(encode(params))
         # The stream doubles as the request's Ticket (one allocation less per request).
         ticket: Any = stream if stream is not None else Ticket()
@@ -952,10 +963,12 @@ class McpFront:
                 headers.update(param_headers(annotations, decode_any(params["arguments"])))
         return headers
 
-    def _remap_progress(self, params: dict[str, Raw], stream: _ClientStream) -> None:
+    def _remap_progress(self, params: dict[str, Raw], stream: _ClientStream, meta: Any = None) -> None:
         """Give the request a gateway-unique progressToken (clients may reuse theirs); the
-        stream maps it back on each progress notification."""
-        meta = decode_any(params["_meta"])
+        stream maps it back on each progress notification. ``meta``: the decoded ``_meta``
+        when the caller has it (changed in place, so later steps see the new token)."""
+        if meta is None:
+            meta = decode_any(params["_meta"])
         if not isinstance(meta, dict) or "progressToken" not in meta:
             return
         self._next_token += 1

@@ -63,6 +63,7 @@ class RequestContext:
 
     __slots__ = (
         "era", "protocol_version", "session", "session_key", "capabilities", "client_info", "headers", "log_level",
+        "params", "meta",
     )
 
     def __init__(
@@ -89,6 +90,10 @@ class RequestContext:
         self.client_info = client_info
         # The request's headers (stateless era: Mcp-Param-* are checked against the body).
         self.headers = headers
+        # Stateless era: the params (as {key: raw}) and _meta the envelope checks already
+        # decoded, so routing does not decode them again. ``params`` is taken once.
+        self.params: dict[str, Any] | None = None
+        self.meta: dict[str, Any] | None = None
 
 
 class SessionStore:

@@ -119,6 +119,8 @@ def decode_header_value(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip(" \t")  # optional whitespace around a field value is not part of it
+    if not value.startswith("=?"):
+        return value  # the common case: not the base64 sentinel
     found = _SENTINEL.match(value)
     if found is None:
         return value
