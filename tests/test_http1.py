@@ -219,3 +219,10 @@ def test_repeated_headers_with_shared_values(impl) -> None:  # type: ignore[no-u
     data = b"GET / HTTP/1.1\r\nX:\r\nx:\r\nY: a\r\nY: a\r\nHost: h\r\nhost: h\r\n\r\n"
     headers = impl.parse_request(data, 0, *LIMITS)[3]
     assert headers == {"x": ", ", "y": "a, a", "host": "h, h"}
+
+
+def test_header_name_length_boundary(impl) -> None:  # type: ignore[no-untyped-def]
+    """Names up to 256 bytes are taken here; longer ones go to httptools."""
+    ok = b"GET / HTTP/1.1\r\n" + b"n" * 256 + b": v\r\n\r\n"
+    assert impl.parse_request(ok, 0, *LIMITS)[3] == {"n" * 256: "v"}
+    assert impl.parse_request(b"GET / HTTP/1.1\r\n" + b"n" * 257 + b": v\r\n\r\n", 0, *LIMITS) is None

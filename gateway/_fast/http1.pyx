@@ -10,7 +10,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeLatin1
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 
 
 cdef extern from "Python.h":
@@ -90,14 +90,17 @@ cdef Py_ssize_t _find_crlf(const char* p, Py_ssize_t pos, Py_ssize_t stop):
 
 
 cdef Py_ssize_t _find_head_end(const char* p, Py_ssize_t pos, Py_ssize_t n):
-    """Index of the first CRLFCRLF at or after pos, or -1."""
+    """Index of the first CRLFCRLF at or after pos, or -1 (memchr finds each LF candidate)."""
+    cdef const char* hit
+    cdef Py_ssize_t i
     while pos + 3 < n:
-        if p[pos + 3] != b'\n':
-            pos += 1
-            continue
-        if p[pos] == b'\r' and p[pos + 1] == b'\n' and p[pos + 2] == b'\r':
-            return pos
-        pos += 1
+        hit = <const char*>memchr(p + pos + 3, b'\n', n - pos - 3)
+        if hit == NULL:
+            return -1
+        i = hit - p
+        if p[i - 3] == b'\r' and p[i - 2] == b'\n' and p[i - 1] == b'\r':
+            return i - 3
+        pos = i - 2  # the next candidate's LF is after this one
     return -1
 
 
@@ -112,26 +115,27 @@ cdef object _headers(const char* p, Py_ssize_t pos, Py_ssize_t head_end, long ma
     cdef int known, role
     cdef Py_ssize_t size
     length[0] = -1
+    # One pass over each line: the name (checked and lower-cased), then the value (checked)
+    # up to its CR. Every scan stops at the CR that ends the head, so none can overrun.
     while pos < head_end:
-        eol = _find_crlf(p, pos, head_end + 2)
         count += 1
         if count > max_headers:
             return None
         colon = pos
-        while colon < eol and p[colon] != b':':
+        while TCHAR[<unsigned char>p[colon]]:
+            if colon - pos >= MAX_NAME:
+                return None
             c = <unsigned char>p[colon]
-            if not TCHAR[c]:
-                return None
+            name[colon - pos] = c + 32 if 65 <= c <= 90 else c
             colon += 1
-        if colon == eol or colon == pos or colon - pos > MAX_NAME:
+        if colon == pos or p[colon] != b':':
             return None
-        for i in range(pos, colon):
-            c = <unsigned char>p[i]
-            name[i - pos] = c + 32 if 65 <= c <= 90 else c
         vs = colon + 1
-        for i in range(vs, eol):
-            if not VALUE[<unsigned char>p[i]]:
-                return None
+        eol = vs
+        while VALUE[<unsigned char>p[eol]]:
+            eol += 1
+        if p[eol] != b'\r' or p[eol + 1] != b'\n':
+            return None
         ve = eol
         while vs < ve and (p[vs] == b' ' or p[vs] == b'\t'):
             vs += 1
