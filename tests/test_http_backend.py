@@ -167,6 +167,22 @@ async def test_silent_backend_times_out() -> None:
         await b.stop()
 
 
+async def test_a_full_pool_answers_busy_after_connect_timeout() -> None:
+    """More requests than pool connections wait for one, for at most connect_timeout."""
+    async with Scripted(basic([], silent_tool=True)) as url:
+        b = HttpBackend("f", BackendConfig(url=url, pool_size=1, connect_timeout=0.3), default_timeout=5)
+        await b.start()
+        first = asyncio.ensure_future(b.request("tools/list", timeout=3))  # holds the one connection
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailable, match="connections busy"):
+            await b.request("tools/list", timeout=3)
+        assert 0.25 <= asyncio.get_running_loop().time() - started < 2
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await b.stop()
+
+
 async def test_unreachable_backend_is_down_then_recovers() -> None:
     sessions: list[str] = []
     fake = Scripted(basic(sessions))

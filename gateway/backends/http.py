@@ -56,6 +56,12 @@ _MAX_RESPONSE_HEADERS = 256
 _FAST_PARSE = USING_EXTENSIONS
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    """Deadline callback: a wait for a pool connection took too long."""
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
+
+
 class _SessionExpired(Exception):
     """The backend answered 404 to a request carrying our session id."""
 
@@ -782,10 +788,15 @@ class HttpBackend(Backend):
                 return await self._connect()
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            # A coarse deadline, not wait_for(): with more clients than pool connections, every
+            # request waits here, and a task per wait would cost more than the request.
+            self._deadlines.add(waiter, self.config.connect_timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(waiter, self.config.connect_timeout)
+                await waiter
             except asyncio.TimeoutError:
                 raise BackendUnavailable(f"backend {self.name!r}: all {self.config.pool_size} connections busy") from None
+            finally:
+                self._deadlines.discard(waiter)
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -191,8 +191,11 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.cycles: deque[_Cycle] = deque()
-        self.queue: deque[tuple[Request, _Cycle]] = deque()  # parsed, not yet handed to the app
-        self.worker: asyncio.Task[None] | None = None  # answers the queue, in order
+        # The request handed to the worker, not yet taken (at most one: a request that arrives
+        # while the worker is busy gets a task of its own). A slot, not a queue: memory per
+        # idle connection counts.
+        self.next: tuple[Request, _Cycle] | None = None
+        self.worker: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Future[None] | None = None  # the idle worker waits on it
         self.http11 = True
         self.reading_paused = False
@@ -366,7 +369,8 @@ class HttpProtocol(asyncio.Protocol):
     # -- internals ------------------------------------------------------------------------------
 
     def _dispatch(self, request: Request, keep: bool) -> None:
-        """Queue a parsed request's cycle and run the app on it in a task."""
+        """Queue a parsed request's cycle and hand the request to the worker (or, while the
+        worker is busy, to a task of its own)."""
         cycle = _Cycle(self, keep and not self.state.shutting_down)
         cycles = self.cycles
         cycles.append(cycle)
@@ -374,10 +378,10 @@ class HttpProtocol(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
         if self.wakeup is not None:  # the worker is idle: it takes this one
-            self.queue.append((request, cycle))
+            self.next = (request, cycle)
             self._wake_worker()
         elif self.worker is None:
-            self.queue.append((request, cycle))
+            self.next = (request, cycle)
             self.worker = task = self.loop.create_task(self._serve())
             self.state.tasks.add(task)
         else:  # the worker is busy: this request must not wait for it
@@ -402,14 +406,13 @@ class HttpProtocol(asyncio.Protocol):
         return size > self.config.max_header_bytes
 
     async def _serve(self) -> None:
-        """The connection's worker: hand each queued request to the app, in order, until the
+        """The connection's worker: hand each request it is given to the app until the
         connection is gone (it waits, idle, on ``wakeup`` between requests)."""
-        queue = self.queue
         app = self.app
         try:
             while True:
-                while queue:
-                    request, cycle = queue.popleft()
+                if self.next is not None:
+                    (request, cycle), self.next = self.next, None
                     try:
                         await app(request, cycle)
                     except Exception:
