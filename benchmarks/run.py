@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cell["gateway_over_direct"] = cell["gateway"]["rps"] / max(cell["direct"]["rps"], 1e-9)
                     cell["added_p50_us"] = cell["gateway"]["p50_us"] - cell["direct"]["p50_us"]
                     cell["added_p99_us"] = cell["gateway"]["p99_us"] - cell["direct"]["p99_us"]
+                    # What the hop costs the floor proxy on this machine: the scale for the gateway's +p50.
+                    cell["floor_added_p50_us"] = cell["floor"]["p50_us"] - cell["direct"]["p50_us"]
                     cells[str(concurrency)] = cell
                 results["scenarios"][scenario] = cells
             finally:
@@ -275,8 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     """A Markdown table of the results."""
     rows = [
-        "| scenario | conc | direct rps | floor rps | gateway rps | gw/floor | gw/direct | gw p50 us | gw p99 us | +p50 us | gw CPU s/1k | gw peak RSS MiB | loadgen CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | conc | direct rps | floor rps | gateway rps | gw/floor | gw/direct | gw p50 us | gw p99 us | +p50 us | +p99 us | floor +p50 us | gw CPU s/1k | gw peak RSS MiB | loadgen CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario, cells in results["scenarios"].items():
         for conc, cell in cells.items():
@@ -284,7 +286,7 @@ def table(results: dict[str, Any]) -> str:
             rows.append(
                 f"| {scenario} | {conc} | {cell['direct']['rps']:.0f} | {cell['floor']['rps']:.0f} | {g['rps']:.0f} | "
                 f"{cell['gateway_over_floor']:.2f} | {cell['gateway_over_direct']:.2f} | {g['p50_us']:.0f} | {g['p99_us']:.0f} | "
-                f"{cell['added_p50_us']:.0f} | {g['server_cpu_s_per_1k']:.3f} | {g['server_peak_rss_kib'] / 1024:.1f} | "
+                f"{cell['added_p50_us']:.0f} | {cell['added_p99_us']:.0f} | {cell['floor_added_p50_us']:.0f} | {g['server_cpu_s_per_1k']:.3f} | {g['server_peak_rss_kib'] / 1024:.1f} | "
                 f"{g['loadgen_cpu_s']:.1f} |"
             )
     for target, idle in results.get("idle", {}).items():
