@@ -1,0 +1,115 @@
+"""What one hop adds at concurrency 1, against the least any MCP-aware hop adds here.
+
+The latency target (added p50 over direct at c=1) depends on the machine more
+than any other number: every process sleeps between requests and wakes with
+cold caches. So this runs, in one process tree and alternated round by round,
+the floor backend reached four ways:
+
+- **direct**: the backend itself;
+- **floor**: the floor proxy (forwards bytes, reads nothing);
+- **hop**: ``benchmarks/mcp_hop.py``, the least an MCP-aware hop must do in this
+  stack (decode, route, re-encode, match the id), in plain callbacks;
+- **gateway**: ``mcp-gateway serve`` with its default configuration.
+
+and reports, per round and as medians over the rounds, each one's p50 and p99
+and what it adds over direct::
+
+    python -m benchmarks.latency                    # 7 rounds of 2 s
+    python -m benchmarks.latency --rounds 3 --duration 1 --concurrency 1
+
+Writes ``benchmarks/results/latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from benchmarks.run import ROOT, Stack, body_for, free_port, progress, shared_bench, wait_port
+
+TARGETS = ("direct", "floor", "hop", "gateway")
+
+
+def _load(port: int, target: str, concurrency: int, duration: float) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
+        "--duration", str(duration), "--body", body_for("call", "gateway" if target in ("hop", "gateway") else target),
+    ]
+    if target in ("hop", "gateway"):
+        cmd.append("--initialize")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed against {target}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Alternate the four targets ``args.rounds`` times; return every round and the medians."""
+    bench = shared_bench()
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack("call", bench, pathlib.Path(tmp))
+        try:
+            hop_port = free_port()
+            stack._spawn([sys.executable, "-m", "benchmarks.mcp_hop", str(hop_port), str(stack.backend_ports[0])])
+            wait_port(hop_port)
+            ports = {"direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "gateway": stack.gateway_port}
+            total = args.rounds * len(TARGETS)
+            for index in range(args.rounds):
+                cells: dict[str, Any] = {}
+                for offset, target in enumerate(TARGETS):
+                    progress(index * len(TARGETS) + offset, total, f"round {index + 1} {target}")
+                    cells[target] = _load(ports[target], target, args.concurrency, args.duration)
+                direct = cells["direct"]
+                for target in TARGETS[1:]:
+                    cells[target]["added_p50_us"] = cells[target]["p50_us"] - direct["p50_us"]
+                    cells[target]["added_p99_us"] = cells[target]["p99_us"] - direct["p99_us"]
+                rounds.append(cells)
+            progress(total, total, "done")
+            sys.stderr.write("\n")
+        finally:
+            stack.stop()
+    medians = {
+        target: {key: statistics.median(r[target][key] for r in rounds) for key in ("p50_us", "p99_us", "added_p50_us", "added_p99_us")}
+        for target in TARGETS[1:]
+    }
+    medians["direct"] = {key: statistics.median(r["direct"][key] for r in rounds) for key in ("p50_us", "p99_us")}
+    return {"concurrency": args.concurrency, "duration_s": args.duration, "rounds": rounds, "medians": medians}
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per round, then the medians."""
+    head = "| round | direct p50 us | " + " | ".join(f"{t} +p50 us | {t} +p99 us" for t in TARGETS[1:]) + " |"
+    rows = [head, "|" + "---|" * (2 + 2 * (len(TARGETS) - 1))]
+    for index, cells in enumerate(results["rounds"], 1):
+        added = " | ".join(f"{cells[t]['added_p50_us']:.0f} | {cells[t]['added_p99_us']:.0f}" for t in TARGETS[1:])
+        rows.append(f"| {index} | {cells['direct']['p50_us']:.0f} | {added} |")
+    med = results["medians"]
+    added = " | ".join(f"**{med[t]['added_p50_us']:.0f}** | **{med[t]['added_p99_us']:.0f}**" for t in TARGETS[1:])
+    rows.append(f"| median | {med['direct']['p50_us']:.0f} | {added} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latency.json")
+    args = parser.parse_args(argv)
+    results = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"json: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
