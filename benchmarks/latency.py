@@ -26,27 +26,13 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 from typing import Any
 
-from benchmarks.run import ROOT, Stack, body_for, free_port, progress, shared_bench, wait_port
+from benchmarks.run import ROOT, Stack, free_port, load, progress, shared_bench, wait_port
 
 TARGETS = ("direct", "floor", "hop", "gateway")
-
-
-def _load(port: int, target: str, concurrency: int, duration: float) -> dict[str, Any]:
-    cmd = [
-        sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
-        "--duration", str(duration), "--body", body_for("call", "gateway" if target in ("hop", "gateway") else target),
-    ]
-    if target in ("hop", "gateway"):
-        cmd.append("--initialize")
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed against {target}: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack = Stack("call", bench, pathlib.Path(tmp))
         try:
             hop_port = free_port()
-            stack._spawn([sys.executable, "-m", "benchmarks.mcp_hop", str(hop_port), str(stack.backend_ports[0])])
+            stack.spawn([sys.executable, "-m", "benchmarks.mcp_hop", str(hop_port), str(stack.backend_ports[0])])
             wait_port(hop_port)
             ports = {"direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "gateway": stack.gateway_port}
             total = args.rounds * len(TARGETS)
@@ -65,7 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cells: dict[str, Any] = {}
                 for offset, target in enumerate(TARGETS):
                     progress(index * len(TARGETS) + offset, total, f"round {index + 1} {target}")
-                    cells[target] = _load(ports[target], target, args.concurrency, args.duration)
+                    cells[target] = load(ports[target], "call", args.concurrency, args.duration, target in ("hop", "gateway"))
                 direct = cells["direct"]
                 for target in TARGETS[1:]:
                     cells[target]["added_p50_us"] = cells[target]["p50_us"] - direct["p50_us"]

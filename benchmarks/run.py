@@ -107,11 +107,11 @@ class Stack:
                 cmd = [sys.executable, "-m", "benchmarks.many_tools_backend", str(port), "--tools", "50"]
             else:
                 cmd = [sys.executable, str(bench / "floor_backend.py"), str(port)]
-            self.backend = self._spawn(cmd)  # the first one is the direct target
+            self.backend = self.spawn(cmd)  # the first one is the direct target
             wait_port(port)
         self.backend = self.procs[0]
         self.floor_port = free_port()
-        self.floor = self._spawn([sys.executable, str(bench / "floor_proxy.py"), str(self.floor_port), str(self.backend_ports[0])])
+        self.floor = self.spawn([sys.executable, str(bench / "floor_proxy.py"), str(self.floor_port), str(self.backend_ports[0])])
         wait_port(self.floor_port)
         config = workdir / f"{scenario}.toml"
         names = [f"b{i}" for i in range(count)] if many else ["floor"]
@@ -122,21 +122,22 @@ class Stack:
             backends = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
         config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends)
         self.gateway_port = free_port()
-        self.gateway = self._spawn(
+        self.gateway = self.spawn(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.gateway_port), "--log-level", "warning"]
         )
         wait_port(self.gateway_port)
         self.workers_port = 0
         if workers > 1:  # the same gateway as N SO_REUSEPORT processes, measured as one more target
             self.workers_port = free_port()
-            self.workers = self._spawn(
+            self.workers = self.spawn(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.workers_port),
                  "--log-level", "warning", "--workers", str(workers)]
             )
             wait_port(self.workers_port)
         time.sleep(1.0)  # let the gateways build their catalogs
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        """Start one more process of the stack (stopped with the rest)."""
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc
@@ -172,24 +173,30 @@ def body_for(scenario: str, target: str) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
 
 
-def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration: float) -> dict[str, Any]:
-    port, proc = stack.target(target)
+def load(port: int, scenario: str, concurrency: int, duration: float, mcp: bool) -> dict[str, Any]:
+    """One load generator run against ``port``; ``mcp``: the target speaks MCP (namespaced tool,
+    a session made first) rather than being the bare backend or the floor proxy."""
     cmd = [
         sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
-        "--duration", str(duration), "--body", body_for(scenario, target),
+        "--duration", str(duration), "--body", body_for(scenario, "gateway" if mcp else "direct"),
     ]
     if scenario == "call_stateless":
         cmd.append("--stateless")
-    elif target.startswith("gateway"):
+    elif mcp:
         cmd.append("--initialize")
     if scenario == "churn":
         cmd.append("--churn")
-    cpu0 = tree_cpu(proc.pid)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
-    cpu1 = tree_cpu(proc.pid)
     if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"loadgen failed against port {port}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration: float) -> dict[str, Any]:
+    port, proc = stack.target(target)
+    cpu0 = tree_cpu(proc.pid)
+    result = load(port, scenario, concurrency, duration, target.startswith("gateway"))
+    cpu1 = tree_cpu(proc.pid)
     result["server_cpu_s_per_1k"] = (cpu1 - cpu0) / max(result["requests"], 1) * 1000
     result["server_peak_rss_kib"] = proc_peak_rss_kib(proc.pid)
     return result
