@@ -40,6 +40,8 @@ def _loadgen(port: int, scenario: str, target: str, requests: int, concurrency: 
     ]
     if target == "gateway":
         cmd.append("--stateless" if scenario == "call_stateless" else "--initialize")
+    elif target == "hop":
+        cmd.append("--initialize")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -99,6 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     port = free_port()
                     if target == "floor":
                         cmd = [sys.executable, str(bench / "floor_proxy.py"), str(port), str(backend_port)]
+                    elif target == "hop":
+                        if scenario != "call":
+                            continue  # the minimal hop speaks the handshake era only
+                        cmd = [sys.executable, "-m", "benchmarks.mcp_hop", str(port), str(backend_port)]
                     else:
                         cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
                                "--log-level", "warning"]
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=["call", "call_stateless"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--targets", type=lambda s: s.split(","), default=["floor", "gateway"], help="floor,gateway")
+    parser.add_argument("--targets", type=lambda s: s.split(","), default=["floor", "gateway"], help="floor,hop,gateway (hop: benchmarks.mcp_hop)")
     parser.add_argument("--keep", type=pathlib.Path, help="write the callgrind dumps here (for callgrind_annotate)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "instructions.json")
     args = parser.parse_args(argv)
@@ -127,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts call and call_stateless)")
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts each run, so the same counts
     results = run(args)
-    print("| scenario | floor instr/req | gateway instr/req | gateway/floor |")
-    print("|---|---|---|---|")
+    print("| scenario | floor instr/req | hop instr/req | gateway instr/req | gateway/floor |")
+    print("|---|---|---|---|---|")
     for scenario, row in results.items():
-        cells = [f"{row[t]['per_request']:,.0f}" if t in row else "-" for t in ("floor", "gateway")]
+        cells = [f"{row[t]['per_request']:,.0f}" if t in row else "-" for t in ("floor", "hop", "gateway")]
         ratio = f"{row['gateway_over_floor']:.2f}" if "gateway_over_floor" in row else "-"
-        print(f"| {scenario} | {cells[0]} | {cells[1]} | {ratio} |")
+        print(f"| {scenario} | {cells[0]} | {cells[1]} | {cells[2]} | {ratio} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"json: {args.out}")

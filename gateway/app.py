@@ -65,6 +65,8 @@ class Gateway:
         )
         self.front = McpFront(config, self.catalog, self.sessions)
         self.front.on_backend_notification = self._backend_notification
+        # The HTTP protocol offers each request here first (see gateway.mcp.express).
+        self.express = self.front.express
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         for backend in self.backends.values():

@@ -80,6 +80,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     """Default seconds a backend gets to answer a request."""
     list_timeout: float = 5.0
     """Seconds a backend gets to answer a list request while building the catalog."""
+    express: bool = True
+    """Answer the common call (a handshake-era ``tools/call`` in a known session, to a ready
+    HTTP backend with a shared upstream session) in callbacks, without a task: the lowest
+    latency. ``false``: every request takes the general path (same answers, more latency)."""
 
 
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "BackendState",
+    "ExpressAnswer",
     "GATEWAY_CLIENT_CAPABILITIES",
     "MessageSink",
     "NotificationHandler",
@@ -114,6 +115,11 @@ NotificationHandler = Callable[["Backend", "str | None", Message], None]
 # the response (progress, log messages, server-to-client requests on an SSE
 # response stream). The final response is not passed here; ``request`` returns it.
 MessageSink = Callable[[Message], None]
+
+# Called once with the outcome of ``Backend.express``: (the response, None, False);
+# (None, the error ``request`` would raise, False); or (None, None, True): nothing
+# was answered, send the request again by the general path.
+ExpressAnswer = Callable[["Message | None", "BaseException | None", bool], None]
 
 
 class BackendState(enum.Enum):
@@ -201,6 +207,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def notify(self, method: str, params: Raw | Any = UNSET, *, session_key: str | None = None) -> None:
         """Send one notification (no answer expected)."""
+
+    def express(self, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer) -> bool:
+        """Send one handshake-era request in the shared session with no task (the latency
+        path); False, with nothing sent, when only ``request`` can. Backends that have no
+        such path keep this default."""
+        return False
 
     async def release(self, session_key: str) -> None:
         """End the per-client upstream session for ``session_key`` (no-op for shared)."""

@@ -32,6 +32,7 @@ from gateway._fast import USING_EXTENSIONS, keep_alive, parse_response
 from gateway.backends.base import (
     Backend,
     BackendState,
+    ExpressAnswer,
     MessageSink,
     RequestCancelled,
     Ticket,
@@ -67,15 +68,22 @@ class _SessionExpired(Exception):
 
 
 class _Exchange:
-    """One request/response on a connection."""
+    """One request/response on a connection.
+
+    The general path awaits ``future``. An express call (``HttpBackend.express``)
+    has no future: ``on_answer`` is called instead, from the connection's own
+    callback, so the answer reaches the client without a task switch.
+    """
 
     __slots__ = (
         "future", "upstream_id", "sink", "status", "headers", "body", "sse", "got_bytes", "answered", "session",
-        "resumes", "last_id", "retry",
+        "resumes", "last_id", "retry", "on_answer", "conn", "ticket", "limit", "finished",
     )
 
-    def __init__(self, upstream_id: Any, sink: MessageSink | None) -> None:
-        self.future: asyncio.Future[tuple[Message | None, dict[str, str]]] = asyncio.get_running_loop().create_future()
+    def __init__(self, upstream_id: Any, sink: MessageSink | None, on_answer: ExpressAnswer | None = None) -> None:
+        self.future: asyncio.Future[tuple[Message | None, dict[str, str]]] | None = (
+            None if on_answer is not None else asyncio.get_running_loop().create_future()
+        )
         self.upstream_id = upstream_id
         self.sink = sink
         self.status = 0
@@ -90,13 +98,31 @@ class _Exchange:
         self.resumes = 0
         self.last_id: str | None = None
         self.retry: int | None = None
+        # Express calls only: who gets the answer, and what _express_done needs to finish.
+        self.on_answer = on_answer
+        self.conn: _Conn | None = None
+        self.ticket: Ticket | None = None
+        self.limit = 0.0
+        self.finished = False
+
+    def done(self) -> bool:
+        """True once the exchange has its outcome (or its waiter is gone)."""
+        return self.finished if self.future is None else self.future.done()
 
     def resolve(self, msg: Message | None) -> None:
-        if not self.future.done():
+        if self.future is None:
+            if not self.finished:
+                self.finished = True
+                self.conn.backend._express_done(self, msg, None)  # type: ignore[union-attr]
+        elif not self.future.done():
             self.future.set_result((msg, self.headers))
 
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
+        if self.future is None:
+            if not self.finished:
+                self.finished = True
+                self.conn.backend._express_done(self, None, exc)  # type: ignore[union-attr]
+        elif not self.future.done():
             self.future.set_exception(exc)
 
     def time_out(self, _: Any = None) -> None:
@@ -138,7 +164,7 @@ class _Conn(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]  # it refers back to us: break the cycle
         self.backend._forget(self)
         exchange, self.exchange = self.exchange, None
-        if exchange is not None and not exchange.future.done():
+        if exchange is not None and not exchange.done():
             exchange.fail(ConnectionResetError("connection closed by the backend"))
 
     def _whole_response(self, exchange: _Exchange, data: bytes) -> bool:
@@ -208,6 +234,7 @@ class _Conn(asyncio.Protocol):
 
     def send(self, exchange: _Exchange, data: bytes) -> None:
         self.exchange = exchange
+        exchange.conn = self
         assert self.transport is not None
         self.transport.write(data)
 
@@ -450,6 +477,74 @@ class HttpBackend(Backend):
             return answer
         raise AssertionError("unreachable")
 
+    def express(self, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer) -> bool:
+        """Send a handshake-era request in the shared session with no task and no await.
+
+        False, with nothing sent, unless this is the plain case: READY, handshake
+        era spoken, shared session ready, an idle pool connection. Then the request
+        is written now and ``on_answer(answer, error, retry)`` is called exactly
+        once, from a connection callback or the deadline tick, with what
+        ``request`` would have returned or raised. ``retry`` means "nothing was
+        answered; send it again by the general path" (a reused connection the
+        backend had closed, or an expired session, now marked for initialize).
+        """
+        if self.state is not BackendState.READY or "handshake" not in self.eras or self.config.session == "per-client":
+            return False
+        session = self._shared
+        idle = self._idle
+        if not session.ready or not idle or idle[-1].closed:
+            return False
+        conn = idle.pop()
+        conn.reused = True
+        self._next_id += 1
+        upstream_id = self._next_id
+        body = encode(Message(id=upstream_id, method=method, params=params))
+        exchange = _Exchange(upstream_id, sink, on_answer)
+        exchange.session = session
+        exchange.ticket = ticket
+        exchange.limit = limit = self.config.request_timeout or self.default_timeout
+        ticket.upstream_id = upstream_id
+        ticket.handle = (session, conn, exchange)
+        conn.send(exchange, b"%bcontent-length: %d\r\n\r\n%b" % (session.head(self._post_head), len(body), body))
+        self._deadlines.add(exchange, limit, exchange.time_out)
+        return True
+
+    def _express_done(self, exchange: _Exchange, answer: Message | None, exc: BaseException | None) -> None:
+        """An express exchange ended: turn its outcome into what ``_post`` and ``request``
+        would have returned or raised, and hand that to its ``on_answer``."""
+        self._deadlines.discard(exchange)
+        on_answer, conn, ticket, session = exchange.on_answer, exchange.conn, exchange.ticket, exchange.session
+        exchange.on_answer = exchange.conn = exchange.ticket = exchange.sink = None  # no cycles to collect later
+        if ticket is not None:
+            ticket.handle = None  # a late cancel must not close a connection serving another request
+        assert on_answer is not None and conn is not None and session is not None
+        error: BaseException | None = None
+        retry = False
+        if isinstance(exc, asyncio.TimeoutError):
+            conn.close()  # its late response can no longer be trusted
+            self._cancel_upstream(session, exchange.upstream_id)
+            error = BackendTimeout(f"backend {self.name!r} did not answer within {exchange.limit:g} s")
+        elif isinstance(exc, ConnectionError):
+            if conn.reused and not exchange.got_bytes:
+                retry = True  # as _post: a kept-alive connection the backend had closed
+            else:
+                error = BackendUnavailable(f"backend {self.name!r}: {exc}", reason="backend_connection")
+        elif exc is not None:
+            error = exc  # RequestCancelled, or a BackendUnavailable from _complete
+        elif exchange.status == 404 and (session.session_id or answer is None):
+            if session.session_id:
+                self.log.info("%s: upstream session expired; initializing again", self.name)
+                session.ready = False
+                retry = True
+            else:
+                error = BackendUnavailable(f"backend {self.name!r} answered HTTP 404 (wrong URL?)", reason="backend_http_error")
+        elif answer is None:
+            error = BackendUnavailable(f"backend {self.name!r} answered a request with no response")
+        try:
+            on_answer(answer if error is None and not retry else None, error, retry)
+        except Exception:  # the connection callback this runs in must survive it
+            self.log.exception("%s: express answer failed", self.name)
+
     async def _request_stateless(
         self,
         method: str,
@@ -575,7 +670,7 @@ class HttpBackend(Backend):
             # A coarse deadline rather than wait_for() or a loop timer: no task, future or timer per request.
             deadlines.add(exchange, limit, exchange.time_out)
             try:
-                answer, headers = await exchange.future
+                answer, headers = await exchange.future  # type: ignore[misc]
             except asyncio.TimeoutError:
                 conn.close()  # its late response can no longer be trusted
                 if upstream_id is not None:
@@ -618,7 +713,7 @@ class HttpBackend(Backend):
             conn = await self._acquire()
             exchange = _Exchange(None, None)
             conn.send(exchange, head)
-            await asyncio.wait_for(asyncio.shield(exchange.future), 2.0)
+            await asyncio.wait_for(asyncio.shield(exchange.future), 2.0)  # type: ignore[arg-type]
         session.session_id = None
         session.ready = False
 
@@ -655,7 +750,7 @@ class HttpBackend(Backend):
             await self.respond(upstream_id, error=error, session_key=session_key)
 
     def _complete(self, exchange: _Exchange) -> None:
-        if exchange.future.done():
+        if exchange.done():
             return
         if exchange.sse is not None:
             if exchange.upstream_id is None:
@@ -689,7 +784,7 @@ class HttpBackend(Backend):
         """The backend closed a response stream before answering (SSE polling): wait the
         retry it asked for, then GET the rest of the stream with ``Last-Event-ID``."""
         await asyncio.sleep(min((exchange.retry or 100) / 1000, 5.0))
-        if exchange.future.done():
+        if exchange.done():
             return
         session = exchange.session
         assert session is not None
@@ -743,7 +838,7 @@ class HttpBackend(Backend):
             exchange.upstream_id = "listen"  # its end (a result) is not a failure
         conn.send(exchange, head)
         try:
-            await exchange.future
+            await exchange.future  # type: ignore[misc]
         except (ConnectionError, BackendUnavailable):
             pass
         finally:

@@ -55,6 +55,7 @@ from gateway.errors import (
 )
 from gateway.mcp.bridge import MAX_ROUNDS, PendingCall, PendingCalls
 from gateway.mcp.catalog import LIST_METHODS, Catalog
+from gateway.mcp.express import ExpressLane
 from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, encode, response_bytes
 from gateway.mcp.protocol_versions import (
     BATCH_VERSIONS,
@@ -205,6 +206,8 @@ class McpFront:
         self._next_token = 0
         # Open subscriptions/listen streams (stateless era).
         self._listeners: set[_Listener] = set()
+        # The common call answered in callbacks (gateway.mcp.express); None: the general path only.
+        self.express: ExpressLane | None = ExpressLane(self) if config.gateway.express else None
 
     # -- entry -------------------------------------------------------------------------------
 

@@ -9,6 +9,12 @@ a later request is held back until the earlier ones are done.
 
 If the app raises, or returns without answering, the protocol answers 500 with
 a canned body (never a traceback) and logs the error.
+
+An app may also have an ``express`` attribute: ``express(request, reply) -> bool``,
+called first, in the protocol's read callback. True means it took the request and
+will answer ``reply`` later from callbacks of its own (no task); False means it
+did nothing, and ``app(request, reply)`` runs as usual. If it raises, the
+protocol answers 500.
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ class Server:
             self._server.close()
         for conn in list(self.state.connections):
             conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
         tasks = list(self.state.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
@@ -78,6 +80,10 @@ class Server:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=1.0)
+        # Requests answered without a task of their own (the app's express lane) are
+        # still in their connection's queue: let them finish too, within the same deadline.
+        while loop.time() < deadline and any(conn.cycles for conn in self.state.connections):
+            await asyncio.sleep(0.01)
         for conn in list(self.state.connections):
             conn.abort()
         if self._server is not None:

@@ -183,6 +183,9 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, app: App, config: ServerConfig, state: ServerState, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # global
         self.app = app
+        # Optional: ``app.express(request, reply) -> bool`` takes a request in this callback,
+        # with no task (gateway.mcp.express), or declines it untouched.
+        self.express: Callable[[Request, _Cycle], bool] | None = getattr(app, "express", None)
         self.config = config
         self.state = state
         self.loop = loop or asyncio.get_event_loop()
@@ -377,6 +380,14 @@ class HttpProtocol(asyncio.Protocol):
         if len(cycles) > _MAX_PIPELINED and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
+        express = self.express
+        if express is not None:
+            try:
+                if express(request, cycle):
+                    return
+            except Exception:
+                self._app_raised(request, cycle)
+                return
         if self.wakeup is not None:  # the worker is idle: it takes this one
             self.next = (request, cycle)
             self._wake_worker()
