@@ -506,7 +506,7 @@ class HttpBackend(Backend):
         ticket.upstream_id = upstream_id
         ticket.handle = (session, conn, exchange)
         conn.send(exchange, b"%bcontent-length: %d\r\n\r\n%b" % (session.head(self._post_head), len(body), body))
-        self._deadlines.add(exchange, limit, exchange.time_out)
+        self._deadlines.add(exchange, limit, _Exchange.time_out, exchange)
         return True
 
     def _express_done(self, exchange: _Exchange, answer: Message | None, exc: BaseException | None) -> None:

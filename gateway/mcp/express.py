@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -42,7 +42,9 @@ from gateway.mcp.sessions import RequestContext
 from gateway.server.api import Reply, Request
 
 if TYPE_CHECKING:
+    from gateway.backends.base import Backend
     from gateway.mcp.front import McpFront, _ClientStream
+    from gateway.mcp.sessions import Session
 
 __all__ = ["ExpressLane"]
 
@@ -51,6 +53,8 @@ log = logging.getLogger("gateway.express")
 _decode_message = msgspec.json.Decoder(Message).decode
 _decode_params = msgspec.json.Decoder(dict[str, Raw]).decode
 _decode_name = msgspec.json.Decoder(str).decode
+_encode = msgspec.json.Encoder().encode
+_JSON_HEADER_LINES = b"content-type: application/json\r\n"
 _HANDSHAKE = frozenset(HANDSHAKE_VERSIONS)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError)
 # Requests retried by the general path: held here so they are not collected mid-flight.
@@ -60,11 +64,9 @@ _retries: set[asyncio.Task[None]] = set()
 class ExpressLane:
     """``lane(request, reply) -> bool``: take and start the request, or decline untouched."""
 
-    __slots__ = ("front", "path", "verdicts", "sessions", "catalog", "slow_calls", "keepalive", "stream_class")
+    __slots__ = ("front", "path", "verdicts", "sessions", "catalog", "slow_calls", "keepalive")
 
     def __init__(self, front: McpFront) -> None:
-        from gateway.mcp.front import _ClientStream  # the front imports this module
-
         self.front = front
         self.path = front.path
         self.verdicts = front._verdicts
@@ -72,7 +74,6 @@ class ExpressLane:
         self.catalog = front.catalog
         self.slow_calls = front._slow_calls
         self.keepalive = front._keepalive
-        self.stream_class = _ClientStream
 
     def __call__(self, request: Request, reply: Reply) -> bool:
         if request.method != "POST" or request.path != self.path:
@@ -104,58 +105,84 @@ class ExpressLane:
             return False
         backend, original = route
         params["name"] = Raw(encode(original))
-        stream = self.stream_class(self.front, reply, backend, RequestContext("handshake", session.protocol_version, session), None)
-        body_params = Raw(encode(params))
-        call = _Call(self.front, msg, stream, body_params)
-        if not backend.express(msg.method, body_params, stream, stream.send, call.answered):  # type: ignore[arg-type]
+        call = _Call(self.front, msg, session, backend, reply, Raw(encode(params)))
+        if not backend.express(msg.method, call.params, call, call.send, call.answered):  # type: ignore[arg-type]
             return False
         # As the general path: a long call switches to SSE keep-alive comments, and the
         # client's notifications/cancelled finds the call by its id.
-        self.slow_calls.add(stream, self.keepalive, stream.keep_alive, self.keepalive)
-        session.inflight[msg.id] = (backend, stream)
+        self.slow_calls.add(call, self.keepalive, _Call.keep_alive, call)
+        session.inflight[msg.id] = (backend, call)
         return True
 
 
 class _Call:
-    """One express call in flight: what its answer needs."""
+    """One express call in flight, and its own ``Ticket`` (``upstream_id``, ``handle``).
 
-    __slots__ = ("front", "msg", "stream", "params")
+    The ``_ClientStream`` that turns progress, log lines, server requests and
+    keep-alive comments into SSE is made only when one of those happens: a call
+    answered with plain JSON never needs it.
+    """
 
-    def __init__(self, front: McpFront, msg: Message, stream: _ClientStream, params: Raw) -> None:
+    __slots__ = ("front", "msg", "session", "backend", "reply", "params", "stream", "upstream_id", "handle")
+
+    def __init__(self, front: McpFront, msg: Message, session: Session, backend: Backend, reply: Reply, params: Raw) -> None:
         self.front = front
         self.msg = msg
-        self.stream = stream
+        self.session = session
+        self.backend = backend
+        self.reply = reply
         self.params = params  # as sent upstream, for a retry
+        self.stream: _ClientStream | None = None
+        self.upstream_id: Any = None
+        self.handle: Any = None
+
+    def send(self, message: Message) -> None:
+        """The backend's sink: a message before the response (the response switches to SSE)."""
+        self._client_stream().send(message)
+
+    def keep_alive(self) -> None:
+        """Deadline callback: the call is slow; SSE keep-alive comments from now on."""
+        self._client_stream().keep_alive(self.front._keepalive)
+
+    def _client_stream(self) -> _ClientStream:
+        stream = self.stream
+        if stream is None:
+            from gateway.mcp.front import _ClientStream  # the front imports this module
+
+            ctx = RequestContext("handshake", self.session.protocol_version, self.session)
+            stream = self.stream = _ClientStream(self.front, self.reply, self.backend, ctx, None)
+        return stream
 
     def answered(self, answer: Message | None, error: BaseException | None, retry: bool) -> None:
         """The backend's outcome (``gateway.backends.base.ExpressAnswer``): answer the client."""
-        front, stream, msg = self.front, self.stream, self.msg
-        if retry:  # still in flight: keep-alive and cancel registrations stay
+        if retry:  # still in flight: the keep-alive and cancel registrations stay
             task = asyncio.get_running_loop().create_task(self._again())
             _retries.add(task)
             task.add_done_callback(_retries.discard)
             return
-        front._slow_calls.discard(stream)
-        if stream.keepalive is not None:
-            stream.keepalive.cancel()
-        session = stream.ctx.session
-        if session is not None:
-            session.inflight.pop(msg.id, None)
+        msg, stream = self.msg, self.stream
+        self.front._slow_calls.discard(self)
+        self.session.inflight.pop(msg.id, None)
         try:
+            if stream is None and error is None and answer.result is not UNSET:  # type: ignore[union-attr]
+                # The common answer, inline: the result's bytes with the client's id.
+                self.reply.send(200, _JSON_HEADER_LINES, _encode(Message(id=msg.id, result=answer.result)))  # type: ignore[arg-type,union-attr]
+                return
+            if stream is not None and stream.keepalive is not None:
+                stream.keepalive.cancel()
             self._answer(answer, error)
         except Exception:  # a bug: log it, answer 500, never show it
             log.exception("express call %r failed", msg.method)
-            if stream.started:
-                stream.reply.end()
+            if stream is not None and stream.started:
+                self.reply.end()
             else:
-                front._send_error(stream.reply, msg.id, InternalError("internal gateway error"))
+                self.front._send_error(self.reply, msg.id, InternalError("internal gateway error"))
 
     async def _again(self) -> None:
         """The general path's send, with its own retries (a new connection, a new session)."""
-        stream = self.stream
         try:
-            answer = await stream.backend.request(
-                self.msg.method, self.params, sink=stream.send, era="handshake", ticket=stream  # type: ignore[arg-type]
+            answer = await self.backend.request(
+                self.msg.method, self.params, sink=self.send, era="handshake", ticket=self  # type: ignore[arg-type]
             )
         except Exception as exc:  # GatewayError and RequestCancelled are answers; anything else is a 500
             self.answered(None, exc, False)
@@ -163,10 +190,11 @@ class _Call:
             self.answered(answer, None, False)
 
     def _answer(self, answer: Message | None, error: BaseException | None) -> None:
-        front, stream, msg, reply = self.front, self.stream, self.msg, self.stream.reply
+        front, msg, reply = self.front, self.msg, self.reply
+        started = self.stream is not None and self.stream.started
         if isinstance(error, RequestCancelled):
             # The client cancelled: it expects no JSON-RPC response.
-            if stream.started:
+            if started:
                 reply.end()
             elif not reply.closed:
                 reply.send(202, (), b"")
@@ -174,8 +202,8 @@ class _Call:
         if error is not None:
             if not isinstance(error, GatewayError):
                 raise error
-            if stream.started:
-                stream.finish(error_body(msg.id, error))
+            if started:
+                self._client_stream().finish(error_body(msg.id, error))
                 return
             body: bytes | None = front._request_failed(msg, reply, error)
             status = 200
@@ -184,13 +212,13 @@ class _Call:
             if answer.result is not UNSET:
                 body, status = response_bytes(msg.id, answer.result), 200  # type: ignore[arg-type]
             else:
-                body, status = front._translate(msg, stream.ctx, "handshake", answer)
+                ctx = RequestContext("handshake", self.session.protocol_version, self.session)
+                body, status = front._translate(msg, ctx, "handshake", answer)
         if body is None:
             return
-        if stream.started:
-            stream.finish(body)
+        if started:
+            self._client_stream().finish(body)
         elif status == 200:
-            reply.send(200, b"content-type: application/json\r\n", body)  # type: ignore[arg-type]
+            reply.send(200, _JSON_HEADER_LINES, body)  # type: ignore[arg-type]
         else:
             reply.send(status, (("content-type", "application/json"),), body)
-

@@ -1,0 +1,336 @@
+"""The express lane (``gateway.mcp.express``): the common call answered in callbacks.
+
+Each test runs the gateway in this process, on real sockets, and checks two
+things: that the lane really took the call (a counter around it), and that
+the client got what the general path gives (the same gateway with
+``[gateway] express = false``). The backend is the official SDK server, or a
+small scripted HTTP server where a fault must be provoked: an expired
+upstream session, a backend that closes a kept-alive connection, one that
+never answers, one that answers slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from gateway.app import Gateway
+from gateway.config import load_config_text
+from gateway.server.listener import Server
+from tests.support import Child
+
+ACCEPT = "application/json, text/event-stream"
+
+
+class Running:
+    """One in-process gateway: its URL, and each verdict of its express lane."""
+
+    def __init__(self, url: str, taken: list[bool], server: Server) -> None:
+        self.url = url
+        self.taken = taken
+        self.server = server
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(backend_url: str, *, express: bool = True, server: str = "", backend: str = "") -> AsyncIterator[Running]:
+    text = f"""
+[server]
+port = 0
+{server}
+
+[gateway]
+express = {str(express).lower()}
+
+[backends.web]
+url = {backend_url!r}
+{backend}
+"""
+    config = load_config_text(text, fmt="toml")
+    gateway = Gateway(config)
+    await gateway.start()
+    front = gateway.front
+    taken: list[bool] = []
+    lane = front.express
+    if lane is not None:
+
+        def counting(request: Any, reply: Any) -> bool:
+            verdict = lane(request, reply)
+            taken.append(verdict)
+            return verdict
+
+        front.express = counting  # type: ignore[assignment]
+    listener = Server(front, config.server)
+    _, port = await listener.start()
+    try:
+        yield Running(f"http://127.0.0.1:{port}/mcp", taken, listener)
+    finally:
+        await listener.shutdown()
+        await gateway.stop()
+
+
+# -- the official SDK server behind it -----------------------------------------------------------
+
+
+async def _session_calls(url: str) -> list[Any]:
+    """The same calls, the same order, through one SDK client; each outcome as plain data."""
+    out: list[Any] = []
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with Client(url, mode="legacy") as client:
+        for name, args in [("web__echo", {"text": "hi"}), ("web__multiply", {"a": 6, "b": 7}), ("web__echo", {})]:
+            result = await client.call_tool(name, args)
+            out.append(result.model_dump(by_alias=True, exclude_none=True))
+        result = await client.call_tool("web__progress", {"steps": 3}, progress_callback=on_progress)
+        out.append((result.model_dump(by_alias=True, exclude_none=True), progress))
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("web__nope", {})
+        out.append(caught.value.error.code)
+    return out
+
+
+async def test_sdk_calls_through_the_lane_equal_the_general_path(http_backend: Child) -> None:
+    async with gateway_for(http_backend.url) as fast, gateway_for(http_backend.url, express=False) as general:
+        got = await _session_calls(fast.url)
+        want = await _session_calls(general.url)
+    assert got == want
+    assert got[0]["content"][0]["text"] == "hi" and got[1]["content"][0]["text"] == "42.0"
+    assert got[2]["isError"] is True  # the SDK server's own validation error passes through
+    assert got[3][1] == [1.0, 2.0, 3.0]
+    # The three plain calls took the lane; the call with a progress token (_meta) and the
+    # unknown name did not; initialize, notifications and lists never do.
+    assert fast.taken.count(True) == 3
+    assert general.taken == []
+
+
+# -- a scripted backend, for faults ---------------------------------------------------------------
+
+Action = tuple[Any, ...]
+
+
+class Scripted:
+    """An HTTP/1.1 MCP server whose answer to each ``tools/call`` is chosen by ``script(n, msg)``:
+    ``("ok", result)``, ``("slow", seconds, result)``, ``("close",)`` (drop the connection
+    unanswered), ``("expired",)`` (404: unknown session) or ``("silent",)``."""
+
+    def __init__(self, script: Callable[[int, dict], Action]) -> None:
+        self.script = script
+        self.calls = 0
+        self.sessions: list[str] = []
+        self.received: list[dict] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                raw = await reader.readexactly(int(headers.get("content-length", "0")))
+                if not lines[0].startswith("POST"):
+                    self._write(writer, 405 if lines[0].startswith("GET") else 200, {}, b"")
+                    continue
+                msg = json.loads(raw)
+                self.received.append(msg)
+                action = await self._answer(msg)
+                if action is None:
+                    return
+                self._write(writer, *action)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _write(writer: asyncio.StreamWriter, status: int, extra: dict, payload: bytes) -> None:
+        out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\ncontent-type: application/json\r\n"
+        out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+        writer.write(out.encode() + b"\r\n" + payload)
+
+    async def _answer(self, msg: dict) -> tuple[int, dict, bytes] | None:
+        def reply(result: Any) -> bytes:
+            return json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
+
+        if "id" not in msg:
+            return 202, {}, b""
+        if msg["method"] == "server/discover":
+            error = {"code": -32600, "message": "Bad Request: Missing session ID"}
+            return 400, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}).encode()
+        if msg["method"] == "initialize":
+            self.sessions.append(f"s{len(self.sessions) + 1}")
+            info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "s", "version": "1"}}
+            return 200, {"mcp-session-id": self.sessions[-1]}, reply(info)
+        if msg["method"] == "tools/list":
+            return 200, {}, reply({"tools": [{"name": "work", "inputSchema": {"type": "object"}}]})
+        self.calls += 1
+        action = self.script(self.calls, msg)
+        if action[0] == "ok":
+            return 200, {}, reply(action[1])
+        if action[0] == "slow":
+            await asyncio.sleep(action[1])
+            return 200, {}, reply(action[2])
+        if action[0] == "expired":
+            return 404, {}, b""
+        if action[0] == "silent":
+            await asyncio.sleep(30)
+        return None  # "close" (and the end of "silent"): drop the connection unanswered
+
+
+class Response:
+    """One HTTP response, read whole (the request asked the server to close after it)."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_code = int(lines[0].split()[1])
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if self.headers.get("transfer-encoding") == "chunked":
+            chunks = b""
+            while body:
+                size, _, body = body.partition(b"\r\n")
+                length = int(size, 16)
+                chunks, body = chunks + body[:length], body[length + 2 :]
+            body = chunks
+        self.text = body.decode()
+
+
+class McpHttp:
+    """A raw handshake-era client on real sockets: initialize, then POSTs in that session."""
+
+    def __init__(self, url: str) -> None:
+        self.port = int(url.split(":")[2].split("/")[0])
+        self.session = ""
+
+    async def open(self) -> None:
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        response = await self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
+        self.session = response.headers["mcp-session-id"]
+        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def post(self, body: dict) -> Response:
+        data = json.dumps(body).encode()
+        head = (
+            f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\n"
+            f"mcp-protocol-version: 2025-11-25\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
+        )
+        if self.session:
+            head += f"mcp-session-id: {self.session}\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(head.encode() + b"\r\n" + data)
+            return Response(await asyncio.wait_for(reader.read(), 10))
+        finally:
+            writer.close()
+
+    async def call(self, request_id: Any = 1) -> Response:
+        return await self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": "web__work", "arguments": {}}})
+
+
+async def _both(script: Callable[[int, dict], Action], check: Callable[[Running, Scripted, McpHttp], Awaitable[Any]], **options: str) -> list[Any]:
+    """Run ``check`` against a fresh scripted backend, with the lane and without it."""
+    outcomes = []
+    for express in (True, False):
+        backend = Scripted(script)
+        async with backend as url, gateway_for(url, express=express, **options) as gw:
+            client = McpHttp(gw.url)
+            await client.open()
+            outcomes.append(await check(gw, backend, client))
+    return outcomes
+
+
+def _said(response: Response) -> tuple[int, Any]:
+    """Status and the JSON-RPC outcome (result, or the error's code), from JSON or SSE."""
+    text = response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        text = [line[6:] for line in text.splitlines() if line.startswith("data: ")][-1]
+    body = json.loads(text) if text else None
+    if body is None:
+        return response.status_code, None
+    return response.status_code, body.get("result", body.get("error", {}).get("code"))
+
+
+async def test_an_expired_upstream_session_is_initialized_again_and_the_call_retried() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        said = _said(await client.call())
+        return said, backend.sessions, [True in gw.taken]
+
+    fast, general = await _both(lambda n, msg: ("expired",) if n == 1 else ("ok", {"n": n}), check)
+    assert fast[:2] == general[:2] == ((200, {"n": 2}), ["s1", "s2"])
+    assert fast[2] == [True]
+
+
+async def test_a_kept_alive_connection_the_backend_closed_is_retried() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        return _said(await client.call()), backend.calls
+
+    fast, general = await _both(lambda n, msg: ("close",) if n == 1 else ("ok", {"n": n}), check)
+    assert fast == general == ((200, {"n": 2}), 2)
+
+
+async def test_a_silent_backend_times_out_with_the_same_error() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        return _said(await client.call()), True in gw.taken
+
+    fast, general = await _both(lambda n, msg: ("silent",), check, backend="request_timeout = 0.3")
+    assert fast[0] == general[0] and fast[0][0] == 200 and fast[0][1] < 0  # a JSON-RPC error, not a hang
+    assert fast[1] is True
+
+
+async def test_a_cancelled_call_gets_202_and_the_backend_is_told() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        pending = asyncio.ensure_future(client.call(request_id=41))
+        while backend.calls == 0:
+            await asyncio.sleep(0.01)
+        upstream_id = backend.received[-1]["id"]
+        await client.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41}})
+        response = await pending
+        for _ in range(100):
+            told = [m for m in backend.received if m.get("method") == "notifications/cancelled"]
+            if told:
+                break
+            await asyncio.sleep(0.02)
+        return response.status_code, response.text, [m["params"]["requestId"] == upstream_id for m in told]
+
+    fast, general = await _both(lambda n, msg: ("silent",), check)
+    assert fast == general == (202, "", [True])
+
+
+async def test_a_slow_call_switches_to_sse_keep_alive_comments() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        response = await client.call()
+        return response.headers["content-type"], ": keep-alive" in response.text, _said(response)
+
+    fast, general = await _both(lambda n, msg: ("slow", 0.8, {"late": True}), check, server="sse_keepalive = 0.2")
+    assert fast == general == ("text/event-stream", True, (200, {"late": True}))
+
+
+async def test_shutdown_lets_an_express_call_in_flight_finish() -> None:
+    backend = Scripted(lambda n, msg: ("slow", 0.5, {"finished": True}))
+    async with backend as url, gateway_for(url) as gw:
+        client = McpHttp(gw.url)
+        await client.open()
+        pending = asyncio.ensure_future(client.call())
+        while backend.calls == 0:
+            await asyncio.sleep(0.01)
+        await gw.server.shutdown()
+        response = await pending
+        assert True in gw.taken
+    assert _said(response) == (200, {"finished": True})
