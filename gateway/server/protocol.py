@@ -101,17 +101,12 @@ class _Cycle:
         if self.head_sent or self._closed:
             return
         self.head_sent = True
-        parts = [R.STATUS_LINES[status], R.SERVER_HEADER]
-        if headers.__class__ is bytes:  # pre-encoded header lines (the hot path's constants)
-            parts.append(headers)  # type: ignore[arg-type]
-        else:
-            for name, value in headers:
-                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        parts.append(R.CONTENT_LENGTH % len(body))
-        parts.append(self._connection_header())
-        parts.append(b"\r\n")
-        parts.append(body)
-        self.proto._emit(self, b"".join(parts))
+        if headers.__class__ is not bytes:  # bytes: pre-encoded header lines (the hot path's constants)
+            headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+        head = R.STATUS_LINES[status]
+        self.proto._emit(self, b"%b%b%bcontent-length: %d\r\n%b\r\n%b" % (
+            head, R.SERVER_HEADER, headers, len(body), self._connection_header(), body
+        ))
         self._finish()
 
     def start_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
