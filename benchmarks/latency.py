@@ -9,6 +9,8 @@ the floor backend reached four ways:
 - **floor**: the floor proxy (forwards bytes, reads nothing);
 - **hop**: ``benchmarks/mcp_hop.py``, the least an MCP-aware hop must do in this
   stack (decode, route, re-encode, match the id), in plain callbacks;
+- **general**: the gateway with ``[gateway] express = false``: every call takes
+  the general (coroutine) path, as before the express lane (``gateway.mcp.express``);
 - **gateway**: ``mcp-gateway serve`` with its default configuration.
 
 and reports, per round and as medians over the rounds, each one's p50 and p99
@@ -32,7 +34,7 @@ from typing import Any
 
 from benchmarks.run import ROOT, Stack, free_port, load, progress, shared_bench, wait_port
 
-TARGETS = ("direct", "floor", "hop", "gateway")
+TARGETS = ("direct", "floor", "hop", "general", "gateway")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,13 +47,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hop_port = free_port()
             stack.spawn([sys.executable, "-m", "benchmarks.mcp_hop", str(hop_port), str(stack.backend_ports[0])])
             wait_port(hop_port)
-            ports = {"direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "gateway": stack.gateway_port}
+            general_port = free_port()
+            config = pathlib.Path(tmp) / "general.toml"
+            config.write_text(f'[gateway]\nexpress = false\n[backends.floor]\nurl = "http://127.0.0.1:{stack.backend_ports[0]}/mcp"\n')
+            stack.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(general_port), "--log-level", "warning"])
+            wait_port(general_port)
+            ports = {
+                "direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "general": general_port,
+                "gateway": stack.gateway_port,
+            }
             total = args.rounds * len(TARGETS)
             for index in range(args.rounds):
                 cells: dict[str, Any] = {}
                 for offset, target in enumerate(TARGETS):
                     progress(index * len(TARGETS) + offset, total, f"round {index + 1} {target}")
-                    cells[target] = load(ports[target], "call", args.concurrency, args.duration, target in ("hop", "gateway"))
+                    cells[target] = load(ports[target], "call", args.concurrency, args.duration, target in ("hop", "general", "gateway"))
                 direct = cells["direct"]
                 for target in TARGETS[1:]:
                     cells[target]["added_p50_us"] = cells[target]["p50_us"] - direct["p50_us"]
