@@ -22,7 +22,10 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from gateway.app import Gateway
-from gateway.config import load_config_text
+from gateway.backends.base import Ticket
+from gateway.backends.http import HttpBackend
+from gateway.config import BackendConfig, load_config_text
+from gateway.mcp.jsonrpc import Raw
 from gateway.server.listener import Server
 from tests.support import Child
 
@@ -334,3 +337,66 @@ async def test_shutdown_lets_an_express_call_in_flight_finish() -> None:
         response = await pending
         assert True in gw.taken
     assert _said(response) == (200, {"finished": True})
+
+
+async def test_a_released_connection_goes_to_the_request_waiting_in_line() -> None:
+    """With every pool connection busy, a request waits; the connection freed next is handed to it, and an
+    express call made in that same callback queues behind it instead of taking the connection first
+    (which, with express calls arriving all the time, would starve the waiter)."""
+    backend = Scripted(lambda n, msg: ("slow", 0.2, {"n": n}))
+    async with backend as url:
+        http = HttpBackend("web", BackendConfig(url=url, pool_size=1), default_timeout=5)
+        await http.start()
+        params = Raw(b'{"name":"work","arguments":{}}')
+        first = asyncio.ensure_future(http.request("tools/call", params, era="handshake"))
+        while backend.calls < 1:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(http.request("tools/call", params, era="handshake"))
+        while not http._waiters:
+            await asyncio.sleep(0.01)
+        express: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        taken: list[bool] = []
+        release = http._release
+
+        def release_then_express(conn: Any) -> None:
+            release(conn)
+            if not taken:  # once: the first release, while the second request waits
+                taken.append(http.express(
+                    "tools/call", params, Ticket(), lambda m: None, lambda answer, error, retry: express.set_result(answer)
+                ))
+
+        http._release = release_then_express  # type: ignore[method-assign]
+        answers = [await first, await second, await express]
+        await http.stop()
+    assert [json.loads(bytes(a.result)) for a in answers] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert taken == [True]  # queued, not refused: it was sent when the second call's connection came back
+
+
+async def test_calls_wait_in_line_for_a_full_pool_and_all_take_the_lane() -> None:
+    """More calls at once than pool connections: once the pool is full, the calls without a connection
+    queue (no task) and are sent as connections free up."""
+    backend = Scripted(lambda n, msg: ("slow", 0.05, {"n": n}))
+    async with backend as url, gateway_for(url, backend="pool_size = 2") as gw:
+        clients = [McpHttp(gw.url) for _ in range(6)]
+        for client in clients:
+            await client.open()
+        await asyncio.gather(*(client.call() for client in clients[:2]))  # the pool's second connection opens
+        del gw.taken[:]
+        answers = await asyncio.gather(*(client.call(request_id=i) for i, client in enumerate(clients)))
+    assert sorted(_said(a)[1]["n"] for a in answers) == [3, 4, 5, 6, 7, 8]
+    assert all(a.status_code == 200 for a in answers)
+    assert gw.taken == [True] * 6
+
+
+async def test_a_call_waiting_for_a_busy_pool_times_out_as_the_general_path_does() -> None:
+    async def check(gw: Running, backend: Scripted, client: McpHttp) -> Any:
+        first = asyncio.ensure_future(client.call(request_id=1))
+        while backend.calls == 0:
+            await asyncio.sleep(0.01)
+        second = await client.call(request_id=2)
+        first.cancel()
+        return second.status_code, second.headers.get("retry-after"), _said(second)[1], gw.taken.count(True)
+
+    fast, general = await _both(lambda n, msg: ("silent",), check, backend="pool_size = 1\nconnect_timeout = 0.3")
+    assert fast[:3] == general[:3] == (503, "1", fast[2]) and fast[2] < 0
+    assert fast[3] == 2 and general[3] == 0

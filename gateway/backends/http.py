@@ -57,7 +57,7 @@ _MAX_RESPONSE_HEADERS = 256
 _FAST_PARSE = USING_EXTENSIONS
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[Any]) -> None:
     """Deadline callback: a wait for a pool connection took too long."""
     if not waiter.done():
         waiter.set_exception(asyncio.TimeoutError())
@@ -278,6 +278,60 @@ class _Conn(asyncio.Protocol):
         self.close()
 
 
+class _QueuedCall:
+    """An express call waiting in line for a pool connection.
+
+    It sits in ``HttpBackend._waiters`` beside the general path's waiter futures
+    and answers to the same three calls, so both kinds are served in arrival
+    order: ``set_result(conn)`` sends it on the connection just freed,
+    ``set_result(None)`` (a slot freed by a closed connection) hands it to the
+    general path, which connects; ``set_exception`` (the pool wait timed out, or
+    the backend stopped) is its answer.
+    """
+
+    __slots__ = ("backend", "method", "params", "ticket", "sink", "on_answer", "finished")
+
+    def __init__(
+        self, backend: HttpBackend, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer
+    ) -> None:
+        self.backend = backend
+        self.method = method
+        self.params = params
+        self.ticket = ticket
+        self.sink = sink
+        self.on_answer = on_answer
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, conn: _Conn | None) -> None:
+        self.finished = True
+        backend = self.backend
+        backend._deadlines.discard(self)
+        if conn is None or conn.closed or not backend._shared.ready:
+            if conn is not None and not conn.closed:
+                backend._release(conn)  # not ours to use after all: the next in line gets it
+            self._tell(None, True)
+            return
+        conn.reused = True
+        backend._express_send(conn, self.method, self.params, self.ticket, self.sink, self.on_answer)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finished = True
+        backend = self.backend
+        backend._deadlines.discard(self)
+        if isinstance(exc, asyncio.TimeoutError):
+            exc = BackendUnavailable(f"backend {backend.name!r}: all {backend.config.pool_size} connections busy")
+        self._tell(exc, False)
+
+    def _tell(self, error: BaseException | None, retry: bool) -> None:
+        try:
+            self.on_answer(None, error, retry)
+        except Exception:  # the callback this runs in (a connection's, the deadline tick) must survive it
+            self.backend.log.exception("%s: express answer failed", self.backend.name)
+
+
 class _UpSession:
     """One upstream MCP session (its id and negotiated version)."""
 
@@ -335,7 +389,7 @@ class HttpBackend(Backend):
         self._deadlines = Deadlines()  # request timeouts, checked on one tick instead of a timer each
         self._idle: deque[_Conn] = deque()
         self._all: set[_Conn] = set()
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[_Conn | None] | _QueuedCall] = deque()
         self._next_id = 0
         self._shared = _UpSession()
         self._stateless = _stateless_session()
@@ -507,22 +561,38 @@ class HttpBackend(Backend):
     def express(self, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer) -> bool:
         """Send a handshake-era request in the shared session with no task and no await.
 
-        False, with nothing sent, unless this is the plain case: READY, handshake
-        era spoken, shared session ready, an idle pool connection. Then the request
-        is written now and ``on_answer(answer, error, retry)`` is called exactly
-        once, from a connection callback or the deadline tick, with what
-        ``request`` would have returned or raised. ``retry`` means "nothing was
-        answered; send it again by the general path" (a reused connection the
-        backend had closed, or an expired session, now marked for initialize).
+        False, with nothing done, unless this is the plain case: READY, handshake
+        era spoken, shared session ready, and an idle pool connection, or a full
+        pool to wait in line for (a queued call is sent, in its turn, from the
+        callback that frees a connection). Then ``on_answer(answer, error, retry)``
+        is called exactly once, from a connection callback or the deadline tick,
+        with what ``request`` would have returned or raised. ``retry`` means
+        "nothing was answered; send it again by the general path" (a reused
+        connection the backend had closed, an expired session now marked for
+        initialize, a pool slot freed by a closed connection).
         """
         if self.state is not BackendState.READY or "handshake" not in self.eras or self.config.session == "per-client":
             return False
-        session = self._shared
-        idle = self._idle
-        if not session.ready or not idle or idle[-1].closed:
+        if not self._shared.ready:
             return False
-        conn = idle.pop()
-        conn.reused = True
+        idle = self._idle
+        if idle and not idle[-1].closed:
+            conn = idle.pop()
+            conn.reused = True
+            self._express_send(conn, method, params, ticket, sink, on_answer)
+            return True
+        if idle or len(self._all) < self.config.pool_size:
+            return False  # a closed connection to drop, or room for a new one: the general path does both
+        queued = _QueuedCall(self, method, params, ticket, sink, on_answer)
+        self._waiters.append(queued)
+        self._deadlines.add(queued, self.config.connect_timeout, _expire, queued)
+        return True
+
+    def _express_send(
+        self, conn: _Conn, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer
+    ) -> None:
+        """Write an express call on ``conn`` and arm its request timeout."""
+        session = self._shared
         self._next_id += 1
         upstream_id = self._next_id
         body = encode(Message(id=upstream_id, method=method, params=params))
@@ -534,7 +604,6 @@ class HttpBackend(Backend):
         ticket.handle = (session, conn, exchange)
         conn.send(exchange, b"%bcontent-length: %d\r\n\r\n%b" % (session.head(self._post_head), len(body), body))
         self._deadlines.add(exchange, limit, _Exchange.time_out, exchange)
-        return True
 
     def _express_answered(self, exchange: _Exchange, answer: Message) -> None:
         """An express exchange's plain answer (``_Conn._express_answer``): straight to its caller."""
@@ -918,17 +987,31 @@ class HttpBackend(Backend):
                     return conn
             if len(self._all) < self.config.pool_size:
                 return await self._connect()
-            waiter = asyncio.get_running_loop().create_future()
+            # Wait in line: a released connection is handed to the first waiter directly (see
+            # _release), so a request arriving meanwhile (the express lane takes idle connections
+            # in a callback) cannot take it first and leave the waiter starving.
+            waiter: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             # A coarse deadline, not wait_for(): with more clients than pool connections, every
             # request waits here, and a task per wait would cost more than the request.
             self._deadlines.add(waiter, self.config.connect_timeout, _expire, waiter)
             try:
-                await waiter
+                conn = await waiter
             except asyncio.TimeoutError:
                 raise BackendUnavailable(f"backend {self.name!r}: all {self.config.pool_size} connections busy") from None
+            except BaseException:
+                # Cancelled after a connection was handed over: pass it on, or it is lost to the pool.
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    handed = waiter.result()
+                    if handed is not None:
+                        self._release(handed)
+                raise
             finally:
                 self._deadlines.discard(waiter)
+            if conn is not None and not conn.closed:
+                conn.reused = True
+                return conn
+            # None: a connection closed and its slot is free (see _forget): connect, or wait again.
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -948,15 +1031,16 @@ class HttpBackend(Backend):
         return conn
 
     def _release(self, conn: _Conn) -> None:
+        """A connection is free: to the first waiter in line, else back to the idle pool."""
         if self._stopping or conn not in self._all:
             conn.close()
             return
-        self._idle.append(conn)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                break
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
 
     def _forget(self, conn: _Conn) -> None:
         self._all.discard(conn)
