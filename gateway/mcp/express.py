@@ -14,8 +14,10 @@ from the backend connection's read callback), or declines (returns False)
 *before doing anything*, and the general path serves it as before. It declines
 whenever anything is not plain: another method or era, an unchecked or refused
 header set, a missing session, a ``_meta`` (progress tokens need remapping), an
-unknown name, a backend that is not HTTP or not ready, per-client sessions, no
-idle pool connection.
+unknown name, a backend that is not HTTP or not ready, per-client sessions, a
+pool that has no idle connection but room to open one (the general path
+connects). With the pool full the call waits in the pool's line, still without a
+task, and is sent when a connection comes back.
 
 Once taken, the call behaves as the general path would: the same upstream
 request, the same ticket for ``notifications/cancelled``, the same SSE switch
