@@ -3,6 +3,7 @@ address on stdout, and a raw HTTP/1.1 client over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -168,3 +170,72 @@ def post(path: str, body: bytes, headers: dict[str, str] | None = None, *, port:
             base[name.lower()] = value
     head = "".join(f"{k}: {v}\r\n" for k, v in base.items())
     return f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+# -- a scripted HTTP backend ----------------------------------------------------------------------
+
+Answer = tuple[int, dict, bytes]
+
+
+class ScriptedHttp:
+    """A tiny HTTP/1.1 server on 127.0.0.1, in the test's event loop, for faults real servers will not make.
+
+    Each request is recorded in ``requests`` as ``{"line", "headers", "body"}`` (the body decoded as JSON)
+    and answered with ``await answer(request)``: ``(status, extra headers, body)``, or None to drop the
+    connection unanswered. ``async with`` gives its ``/mcp`` URL.
+    """
+
+    def __init__(self, answer: Callable[[dict], Awaitable[Answer | None]]) -> None:
+        self.answer = answer
+        self.requests: list[dict] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = {"line": lines[0], "headers": headers, "body": json.loads(body) if body else None}
+                self.requests.append(request)
+                answer = await self.answer(request)
+                if answer is None:
+                    return
+                status, extra, payload = answer
+                out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\ncontent-type: application/json\r\n"
+                out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                writer.write(out.encode() + b"\r\n" + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def handshake_answer(request: dict, sessions: list[str]) -> Answer | None:
+    """What a handshake-era MCP server says to everything but its own methods: GET 405, DELETE 200,
+    notifications 202, ``server/discover`` refused (no stateless era), ``initialize`` with a new session
+    id (``s1``, ``s2``, ... appended to ``sessions``). None for any other request."""
+    verb = request["line"].split()[0]
+    if verb != "POST":
+        return (405 if verb == "GET" else 200), {}, b""
+    msg = request["body"]
+    if "id" not in msg:
+        return 202, {}, b""
+    if msg["method"] == "server/discover":
+        error = {"code": -32600, "message": "Bad Request: Missing session ID"}
+        return 400, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}).encode()
+    if msg["method"] == "initialize":
+        sessions.append(f"s{len(sessions) + 1}")
+        info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
+        return 200, {"mcp-session-id": sessions[-1]}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": info}).encode()
+    return None

@@ -27,7 +27,7 @@ from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig, load_config_text
 from gateway.mcp.jsonrpc import Raw
 from gateway.server.listener import Server
-from tests.support import Child
+from tests.support import Child, ScriptedHttp, handshake_answer
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -120,67 +120,31 @@ async def test_sdk_calls_through_the_lane_equal_the_general_path(http_backend: C
 Action = tuple[Any, ...]
 
 
-class Scripted:
-    """An HTTP/1.1 MCP server whose answer to each ``tools/call`` is chosen by ``script(n, msg)``:
+class Scripted(ScriptedHttp):
+    """An MCP server whose answer to each ``tools/call`` is chosen by ``script(n, msg)``:
     ``("ok", result)``, ``("slow", seconds, result)``, ``("close",)`` (drop the connection
     unanswered), ``("expired",)`` (404: unknown session) or ``("silent",)``."""
 
     def __init__(self, script: Callable[[int, dict], Action]) -> None:
+        super().__init__(self._answer_request)
         self.script = script
         self.calls = 0
         self.sessions: list[str] = []
-        self.received: list[dict] = []
-        self.server: asyncio.AbstractServer | None = None
 
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+    @property
+    def received(self) -> list[dict]:
+        """The JSON-RPC messages POSTed so far."""
+        return [r["body"] for r in self.requests if r["line"].startswith("POST")]
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
+    async def _answer_request(self, request: dict) -> tuple[int, dict, bytes] | None:
+        answer = handshake_answer(request, self.sessions)
+        if answer is not None:
+            return answer
+        msg = request["body"]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                raw = await reader.readexactly(int(headers.get("content-length", "0")))
-                if not lines[0].startswith("POST"):
-                    self._write(writer, 405 if lines[0].startswith("GET") else 200, {}, b"")
-                    continue
-                msg = json.loads(raw)
-                self.received.append(msg)
-                action = await self._answer(msg)
-                if action is None:
-                    return
-                self._write(writer, *action)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    @staticmethod
-    def _write(writer: asyncio.StreamWriter, status: int, extra: dict, payload: bytes) -> None:
-        out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\ncontent-type: application/json\r\n"
-        out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-        writer.write(out.encode() + b"\r\n" + payload)
-
-    async def _answer(self, msg: dict) -> tuple[int, dict, bytes] | None:
         def reply(result: Any) -> bytes:
             return json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
 
-        if "id" not in msg:
-            return 202, {}, b""
-        if msg["method"] == "server/discover":
-            error = {"code": -32600, "message": "Bad Request: Missing session ID"}
-            return 400, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}).encode()
-        if msg["method"] == "initialize":
-            self.sessions.append(f"s{len(self.sessions) + 1}")
-            info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "s", "version": "1"}}
-            return 200, {"mcp-session-id": self.sessions[-1]}, reply(info)
         if msg["method"] == "tools/list":
             return 200, {}, reply({"tools": [{"name": "work", "inputSchema": {"type": "object"}}]})
         self.calls += 1

@@ -15,7 +15,7 @@ from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.mcp.jsonrpc import Raw
-from tests.support import Child
+from tests.support import Child, ScriptedHttp, handshake_answer
 
 
 def call(name: str, arguments: dict, meta: dict | None = None) -> Raw:
@@ -58,44 +58,17 @@ async def test_concurrent_calls_over_the_pool(sdk: HttpBackend) -> None:
     assert len(sdk._all) <= sdk.config.pool_size
 
 
-class Scripted:
-    """A tiny HTTP/1.1 server: records each request, answers with ``handler(request) -> (status, headers, body)``."""
+class Scripted(ScriptedHttp):
+    """The scripted server with a plain ``handler(request) -> (status, headers, body)``; None: silence."""
 
     def __init__(self, handler: Callable[[dict], tuple[int, dict, bytes] | None]) -> None:
-        self.handler = handler
-        self.requests: list[dict] = []
-        self.server: asyncio.AbstractServer | None = None
+        async def answer(request: dict) -> tuple[int, dict, bytes] | None:
+            result = handler(request)
+            if result is None:
+                await asyncio.sleep(30)
+            return result
 
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                request = {"line": lines[0], "headers": headers, "body": json.loads(body) if body else None}
-                self.requests.append(request)
-                answer = self.handler(request)
-                if answer is None:
-                    await asyncio.sleep(30)  # silence
-                    return
-                status, extra, payload = answer
-                out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\ncontent-type: application/json\r\n"
-                out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-                writer.write(out.encode() + b"\r\n" + payload)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+        super().__init__(answer)
 
 
 def basic(sessions: list[str], *, expire_first_call: bool = False, silent_tool: bool = False):  # type: ignore[no-untyped-def]
@@ -103,22 +76,10 @@ def basic(sessions: list[str], *, expire_first_call: bool = False, silent_tool: 
     state = {"expired": False}
 
     def handle(req: dict) -> tuple[int, dict, bytes] | None:
-        method_line = req["line"].split()[0]
-        if method_line == "GET":
-            return 405, {}, b""
-        if method_line == "DELETE":
-            return 200, {}, b""
+        answer = handshake_answer(req, sessions)
+        if answer is not None:
+            return answer
         msg = req["body"]
-        if "id" not in msg:
-            return 202, {}, b""
-        if msg["method"] == "server/discover":
-            # What a handshake-only server says to a request without a session.
-            error = {"code": -32600, "message": "Bad Request: Missing session ID"}
-            return 400, {}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}).encode()
-        if msg["method"] == "initialize":
-            sessions.append(f"s{len(sessions) + 1}")
-            res = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
-            return 200, {"mcp-session-id": sessions[-1]}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": res}).encode()
         if expire_first_call and not state["expired"]:
             state["expired"] = True
             return 404, {}, b""
