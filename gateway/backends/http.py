@@ -111,19 +111,20 @@ class _Exchange:
 
     def resolve(self, msg: Message | None) -> None:
         if self.future is None:
-            if not self.finished:
-                self.finished = True
-                self.conn.backend._express_done(self, msg, None)  # type: ignore[union-attr]
+            self._express_end(msg, None)
         elif not self.future.done():
             self.future.set_result((msg, self.headers))
 
     def fail(self, exc: BaseException) -> None:
         if self.future is None:
-            if not self.finished:
-                self.finished = True
-                self.conn.backend._express_done(self, None, exc)  # type: ignore[union-attr]
+            self._express_end(None, exc)
         elif not self.future.done():
             self.future.set_exception(exc)
+
+    def _express_end(self, msg: Message | None, exc: BaseException | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn.backend._express_done(self, msg, exc)  # type: ignore[union-attr]
 
     def time_out(self, _: Any = None) -> None:
         """Deadline callback: the backend took longer than the request's limit."""
@@ -321,15 +322,10 @@ class _QueuedCall:
         self.finished = True
         backend = self.backend
         backend._deadlines.discard(self)
-        if isinstance(exc, asyncio.TimeoutError):
-            exc = BackendUnavailable(f"backend {backend.name!r}: all {backend.config.pool_size} connections busy")
-        self._tell(exc, False)
+        self._tell(backend._pool_busy() if isinstance(exc, asyncio.TimeoutError) else exc, False)
 
     def _tell(self, error: BaseException | None, retry: bool) -> None:
-        try:
-            self.on_answer(None, error, retry)
-        except Exception:  # the callback this runs in (a connection's, the deadline tick) must survive it
-            self.backend.log.exception("%s: express answer failed", self.backend.name)
+        self.backend._tell(self.on_answer, None, error, retry)
 
 
 class _UpSession:
@@ -610,10 +606,7 @@ class HttpBackend(Backend):
         exchange.finished = True
         self._deadlines.discard(exchange)
         exchange.ticket.handle = None  # type: ignore[union-attr]  # a late cancel must find nothing
-        try:
-            exchange.on_answer(answer, None, False)  # type: ignore[misc]
-        except Exception:  # the connection callback this runs in must survive it
-            self.log.exception("%s: express answer failed", self.name)
+        self._tell(exchange.on_answer, answer, None, False)  # type: ignore[arg-type]
 
     def _express_done(self, exchange: _Exchange, answer: Message | None, exc: BaseException | None) -> None:
         """An express exchange ended: turn its outcome into what ``_post`` and ``request``
@@ -646,10 +639,19 @@ class HttpBackend(Backend):
                 error = BackendUnavailable(f"backend {self.name!r} answered HTTP 404 (wrong URL?)", reason="backend_http_error")
         elif answer is None:
             error = BackendUnavailable(f"backend {self.name!r} answered a request with no response")
+        self._tell(on_answer, answer if error is None and not retry else None, error, retry)
+
+    def _tell(self, on_answer: ExpressAnswer, answer: Message | None, error: BaseException | None, retry: bool) -> None:
+        """Give an express call its outcome; the callback this runs in (a connection's, the
+        deadline tick) must survive whatever the caller's answer does."""
         try:
-            on_answer(answer if error is None and not retry else None, error, retry)
-        except Exception:  # the connection callback this runs in must survive it
+            on_answer(answer, error, retry)
+        except Exception:
             self.log.exception("%s: express answer failed", self.name)
+
+    def _pool_busy(self) -> BackendUnavailable:
+        """The error of a request that waited its whole ``connect_timeout`` for a pool connection."""
+        return BackendUnavailable(f"backend {self.name!r}: all {self.config.pool_size} connections busy")
 
     async def _request_stateless(
         self,
@@ -998,7 +1000,7 @@ class HttpBackend(Backend):
             try:
                 conn = await waiter
             except asyncio.TimeoutError:
-                raise BackendUnavailable(f"backend {self.name!r}: all {self.config.pool_size} connections busy") from None
+                raise self._pool_busy() from None
             except BaseException:
                 # Cancelled after a connection was handed over: pass it on, or it is lost to the pool.
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:

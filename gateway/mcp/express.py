@@ -38,10 +38,11 @@ import msgspec
 
 from gateway.backends.base import RequestCancelled
 from gateway.errors import GatewayError, InternalError, error_body
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, encode, response_bytes
+from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_envelope, decode_params, encode, response_bytes
 from gateway.mcp.protocol_versions import HANDSHAKE_VERSIONS
 from gateway.mcp.sessions import RequestContext
 from gateway.server.api import Reply, Request
+from gateway.server.responses import JSON_HEADER_LINES
 
 if TYPE_CHECKING:
     from gateway.backends.base import Backend
@@ -52,11 +53,7 @@ __all__ = ["ExpressLane"]
 
 log = logging.getLogger("gateway.express")
 
-_decode_message = msgspec.json.Decoder(Message).decode
-_decode_params = msgspec.json.Decoder(dict[str, Raw]).decode
 _decode_name = msgspec.json.Decoder(str).decode
-_encode = msgspec.json.Encoder().encode
-_JSON_HEADER_LINES = b"content-type: application/json\r\n"
 _HANDSHAKE = frozenset(HANDSHAKE_VERSIONS)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError)
 # Requests retried by the general path: held here so they are not collected mid-flight.
@@ -90,10 +87,10 @@ class ExpressLane:
         if self.verdicts.get(key, key) is not None:
             return False
         try:
-            msg = _decode_message(request.body)
+            msg = decode_envelope(request.body)
             if msg.method != "tools/call" or msg.id is UNSET or msg.params is UNSET or msg.jsonrpc != "2.0":
                 return False
-            params = _decode_params(msg.params)  # type: ignore[arg-type]
+            params = decode_params(msg.params)  # type: ignore[arg-type]
             name = _decode_name(params["name"])
         except _DECODE_ERRORS:
             return False  # the general path gives the precise error
@@ -168,7 +165,7 @@ class _Call:
         try:
             if stream is None and error is None and answer.result is not UNSET:  # type: ignore[union-attr]
                 # The common answer, inline: the result's bytes with the client's id.
-                self.reply.send(200, _JSON_HEADER_LINES, _encode(Message(id=msg.id, result=answer.result)))  # type: ignore[arg-type,union-attr]
+                self.reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, answer.result))  # type: ignore[arg-type,union-attr]
                 return
             if stream is not None and stream.keepalive is not None:
                 stream.keepalive.cancel()
@@ -221,6 +218,6 @@ class _Call:
         if started:
             self._client_stream().finish(body)
         elif status == 200:
-            reply.send(200, _JSON_HEADER_LINES, body)  # type: ignore[arg-type]
+            reply.send(200, JSON_HEADER_LINES, body)  # type: ignore[arg-type]
         else:
             reply.send(status, (("content-type", "application/json"),), body)

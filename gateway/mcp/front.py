@@ -56,7 +56,7 @@ from gateway.errors import (
 from gateway.mcp.bridge import MAX_ROUNDS, PendingCall, PendingCalls
 from gateway.mcp.catalog import LIST_METHODS, Catalog
 from gateway.mcp.express import ExpressLane
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, encode, response_bytes
+from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
 from gateway.mcp.protocol_versions import (
     BATCH_VERSIONS,
     HANDSHAKE_VERSIONS,
@@ -74,6 +74,7 @@ from gateway.mcp.stateless import (
 )
 from gateway.mcp.sessions import RequestContext, Session, SessionStore
 from gateway.server.api import Reply, Request
+from gateway.server.responses import JSON_HEADER_LINES as _JSON_HEADER_LINES
 from gateway.timers import Deadlines
 
 __all__ = ["McpFront"]
@@ -81,7 +82,6 @@ __all__ = ["McpFront"]
 log = logging.getLogger("gateway.front")
 
 _JSON_HEADERS = (("content-type", "application/json"),)
-_JSON_HEADER_LINES = b"content-type: application/json\r\n"  # the same, pre-encoded for the hot path
 _SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
 _ALLOW = (("allow", "GET, POST, DELETE"),)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
@@ -131,9 +131,6 @@ class _ListParams(msgspec.Struct):
 
 _decode_init = msgspec.json.Decoder(_InitializeParams).decode
 _decode_list = msgspec.json.Decoder(_ListParams).decode
-# Top-level keys of params with every value kept raw: renaming `name` or `uri`
-# re-encodes the keys only, never the arguments.
-_decode_params = msgspec.json.Decoder(dict[str, Raw]).decode
 
 
 def _host_name(host: str) -> str:
@@ -384,7 +381,7 @@ class McpFront:
         if msg.params is UNSET:
             return {}, None
         try:
-            raw = _decode_params(msg.params)
+            raw = decode_params(msg.params)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return decode_any(msg.params), None  # not an object: the checks say what is wrong
         view = {"_meta": decode_any(raw["_meta"])} if "_meta" in raw else {}
@@ -679,7 +676,7 @@ class McpFront:
             if ctx is not None and ctx.params is not None:
                 params, ctx.params = ctx.params, None
             else:
-                params = _decode_params(msg.params)
+                params = decode_params(msg.params)
             return params, params[key]
         except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
             raise InvalidParams(f"params must be an object with {key!r}") from None

@@ -21,6 +21,8 @@ __all__ = [
     "Raw",
     "decode_message",
     "decode_any",
+    "decode_params",
+    "decode_envelope",
     "encode",
     "is_request",
     "is_notification",
@@ -51,6 +53,12 @@ _message_decoder = msgspec.json.Decoder(Message)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
+decode_envelope = _message_decoder.decode
+"""The ``Message`` decoder itself: msgspec's errors and none of ``decode_message``'s checks, for a
+hot path that checks only what it needs and leaves every other case to ``decode_message``."""
+decode_params = msgspec.json.Decoder(dict[str, Raw]).decode
+"""Params as ``{key: raw value}``: top-level keys decoded, every value kept as its bytes (renaming
+``name`` or ``uri`` re-encodes the keys only, never the arguments)."""
 
 
 def decode_message(data: bytes) -> Message:

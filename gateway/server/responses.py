@@ -11,6 +11,7 @@ __all__ = [
     "CHUNKED_HEADERS",
     "CLOSE_HEADER",
     "CONTENT_LENGTH",
+    "JSON_HEADER_LINES",
     "KEEP_ALIVE_HEADER",
     "SERVER_HEADER",
     "STATUS_LINES",
@@ -43,6 +44,7 @@ KEEP_ALIVE_HEADER = b"connection: keep-alive\r\n"
 CONTENT_LENGTH = b"content-length: %d\r\n"
 CHUNKED_HEADERS = b"transfer-encoding: chunked\r\n"
 CHUNKED_END = b"0\r\n\r\n"
+JSON_HEADER_LINES = b"content-type: application/json\r\n"  # for Reply.send's pre-encoded headers
 
 
 def canned(status: int, body: bytes = b"", content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
