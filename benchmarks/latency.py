@@ -3,7 +3,7 @@
 The latency target (added p50 over direct at c=1) depends on the machine more
 than any other number: every process sleeps between requests and wakes with
 cold caches. So this runs, in one process tree and alternated round by round,
-the floor backend reached four ways:
+the floor backend reached five ways:
 
 - **direct**: the backend itself;
 - **floor**: the floor proxy (forwards bytes, reads nothing);
@@ -38,7 +38,7 @@ TARGETS = ("direct", "floor", "hop", "general", "gateway")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Alternate the four targets ``args.rounds`` times; return every round and the medians."""
+    """Alternate the targets ``args.rounds`` times; return every round and the medians."""
     bench = shared_bench()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

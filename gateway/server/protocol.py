@@ -69,6 +69,11 @@ class _Reject(Exception):
         self.response = response
 
 
+def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
+    """``name: value`` lines, encoded."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+
+
 class _Cycle:
     """One request/response exchange; implements ``gateway.server.api.Reply``."""
 
@@ -101,11 +106,11 @@ class _Cycle:
         if self.head_sent or self._closed:
             return
         self.head_sent = True
-        if headers.__class__ is not bytes:  # bytes: pre-encoded header lines (the hot path's constants)
-            headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
-        head = R.STATUS_LINES[status]
+        # bytes: header lines encoded already (the hot path's constants), so no call for them.
+        lines = headers if headers.__class__ is bytes else _header_lines(headers)  # type: ignore[arg-type]
+        # One format operation for the whole response (content-length in it, not a bytes of its own).
         self.proto._emit(self, b"%b%b%bcontent-length: %d\r\n%b\r\n%b" % (
-            head, R.SERVER_HEADER, headers, len(body), self._connection_header(), body
+            R.STATUS_LINES[status], R.SERVER_HEADER, lines, len(body), self._connection_header(), body
         ))
         self._finish()
 
@@ -115,9 +120,7 @@ class _Cycle:
             return
         self.head_sent = True
         self.streaming = True
-        parts = [R.STATUS_LINES[status], R.SERVER_HEADER]
-        for name, value in headers:
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        parts = [R.STATUS_LINES[status], R.SERVER_HEADER, _header_lines(headers)]
         parts.append(R.CHUNKED_HEADERS)
         parts.append(self._connection_header())
         parts.append(b"\r\n")
