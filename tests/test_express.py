@@ -103,6 +103,10 @@ async def _session_calls(url: str) -> list[Any]:
 
 async def test_sdk_calls_through_the_lane_equal_the_general_path(http_backend: Child) -> None:
     async with gateway_for(http_backend.url) as fast, gateway_for(http_backend.url, express=False) as general:
+        # A first round lets the pool settle: a call that finds no idle connection (each busy
+        # with, say, a catalog refresh) rightly declines, and that is not what is checked here.
+        await _session_calls(fast.url)
+        settled = len(fast.taken)
         got = await _session_calls(fast.url)
         want = await _session_calls(general.url)
     assert got == want
@@ -111,7 +115,7 @@ async def test_sdk_calls_through_the_lane_equal_the_general_path(http_backend: C
     assert got[3][1] == [1.0, 2.0, 3.0]
     # The three plain calls took the lane; the call with a progress token (_meta) and the
     # unknown name did not; initialize, notifications and lists never do.
-    assert fast.taken.count(True) == 3
+    assert fast.taken[settled:].count(True) == 3
     assert general.taken == []
 
 
