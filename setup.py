@@ -23,6 +23,7 @@ PURE_MODE = [
     "gateway.server.api",
     "gateway.server.protocol",
     "gateway.timers",
+    "gateway.mcp.sessions",
     "gateway.mcp.express",
     "gateway.backends.http",
 ]

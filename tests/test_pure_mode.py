@@ -29,6 +29,7 @@ FORCED_TWIN = os.environ.get("GATEWAY_NO_EXTENSIONS") == "1"
 # The tests that exercise these modules' classes, run once more against the twin.
 TWIN_TESTS = [
     "tests/test_protocol.py",
+    "tests/test_core_units.py",
     "tests/test_timers.py",
     "tests/test_express.py",
     "tests/test_express_parity.py",

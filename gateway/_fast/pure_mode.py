@@ -31,6 +31,7 @@ MODULES = (
     "gateway.server.api",
     "gateway.server.protocol",
     "gateway.timers",
+    "gateway.mcp.sessions",
     "gateway.mcp.express",
     "gateway.backends.http",
 )

@@ -3,10 +3,10 @@
 # attribute a class sets must be declared here, and listed in its __slots__ (a test checks).
 
 cdef class Request:
-    cdef public object method
-    cdef public object path
-    cdef public object query
-    cdef public object headers
-    cdef public object body
+    cdef public str method
+    cdef public str path
+    cdef public str query
+    cdef public dict headers
+    cdef public bytes body
     cdef public object client
-    cdef public object keep_alive
+    cdef public bint keep_alive
