@@ -55,6 +55,8 @@ _MAX_RESPONSE_HEADERS = 256
 # A whole JSON response in one read is parsed in one call (compiled only: the
 # pure-Python twin is slower than httptools); everything else goes to httptools.
 _FAST_PARSE = USING_EXTENSIONS
+# Read once: on 3.11 an Enum member looked up on its class goes through EnumType.__getattr__.
+_READY = BackendState.READY
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
@@ -570,7 +572,7 @@ class HttpBackend(Backend):
         connection the backend had closed, an expired session now marked for
         initialize, a pool slot freed by a closed connection).
         """
-        if self.state is not BackendState.READY or "handshake" not in self.eras or self.config.session == "per-client":
+        if self.state is not _READY or "handshake" not in self.eras or self.config.session == "per-client":
             return False
         if not self._shared.ready:
             return False

@@ -50,6 +50,9 @@ _HEADER_NAMES: dict[bytes, str] = {}
 _HEADER_NAMES_MAX = 512
 # The one-call parser pays off only compiled; its pure-Python twin is slower than httptools.
 _FAST_PARSE = USING_EXTENSIONS
+# Globals, not module attributes: read for every response.
+_STATUS_LINES = R.STATUS_LINES
+_SERVER_HEADER = R.SERVER_HEADER
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")}
 
 
@@ -110,7 +113,7 @@ class _Cycle:
         lines = headers if headers.__class__ is bytes else _header_lines(headers)  # type: ignore[arg-type]
         # One format operation for the whole response (content-length in it, not a bytes of its own).
         self.proto._emit(self, b"%b%b%bcontent-length: %d\r\n%b\r\n%b" % (
-            R.STATUS_LINES[status], R.SERVER_HEADER, lines, len(body), self._connection_header(), body
+            _STATUS_LINES[status], _SERVER_HEADER, lines, len(body), self._connection_header(), body
         ))
         self._finish()
 
