@@ -9,6 +9,7 @@ cdef class ExpressLane:
     cdef public object front
     cdef public object path
     cdef public dict verdicts
+    cdef public object passed
     cdef public SessionStore sessions
     cdef public object catalog
     cdef public object slow_calls

@@ -63,12 +63,13 @@ _retries: set[asyncio.Task[None]] = set()
 class ExpressLane:
     """``lane(request, reply) -> bool``: take and start the request, or decline untouched."""
 
-    __slots__ = ("front", "path", "verdicts", "sessions", "catalog", "slow_calls", "keepalive")
+    __slots__ = ("front", "path", "verdicts", "passed", "sessions", "catalog", "slow_calls", "keepalive")
 
     def __init__(self, front: McpFront) -> None:
         self.front = front
         self.path = front.path
         self.verdicts = front._verdicts
+        self.passed: tuple[str | None, ...] | None = None  # the last header set whose verdict was "fine"
         self.sessions = front.sessions
         self.catalog = front.catalog
         self.slow_calls = front._slow_calls
@@ -89,8 +90,12 @@ class ExpressLane:
             return False
         # The verdict the general path cached for these header values: only "checked, fine" passes.
         key = ("POST", headers.get("host"), headers.get("origin"), headers.get("content-type"), headers.get("accept"))
-        if self.verdicts.get(key, key) is not None:
-            return False
+        # Clients repeat one header set, and a verdict never changes: comparing with the last
+        # set that passed is cheaper than hashing its fresh strings for the dict.
+        if key != self.passed:
+            if self.verdicts.get(key, key) is not None:
+                return False
+            self.passed = key
         try:
             msg = decode_envelope(request.body)
             if msg.method != "tools/call" or msg.id is UNSET or msg.params is UNSET or msg.jsonrpc != "2.0":
