@@ -97,14 +97,18 @@ def test_twin_classes_take_the_attributes_the_pxd_declares(name: str) -> None:
     assert slots == declared
 
 
-def test_no_extensions_loads_every_module_from_its_source() -> None:
+@pytest.mark.parametrize(("switch", "pyx_compiled"), [("GATEWAY_NO_EXTENSIONS", "False"), ("GATEWAY_PURE_MODE_SOURCES", "True")])
+def test_switches_load_every_module_from_its_source(switch: str, pyx_compiled: str) -> None:
+    """Both switches interpret the pure-mode modules; only GATEWAY_NO_EXTENSIONS also the .pyx ones."""
+    if switch == "GATEWAY_PURE_MODE_SOURCES" and FORCED_TWIN:
+        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
     code = (
-        "import importlib, sys; from gateway._fast import pure_mode;"
-        "print(*[pure_mode.compiled(importlib.import_module(n)) for n in pure_mode.MODULES])"
+        "import importlib, sys; import gateway._fast as fast; from gateway._fast import pure_mode;"
+        "print(fast.USING_EXTENSIONS, *[pure_mode.compiled(importlib.import_module(n)) for n in pure_mode.MODULES])"
     )
-    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
+    env = {**os.environ, switch: "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False"] * len(pure_mode.MODULES)
+    assert out.stdout.split() == [pyx_compiled] + ["False"] * len(pure_mode.MODULES)
 
 
 @compiled_only

@@ -20,7 +20,9 @@ __all__ = ["USING_EXTENSIONS", "Router", "keep_alive", "parse_request", "parse_r
 _WANT = os.environ.get("GATEWAY_NO_EXTENSIONS", "") in ("", "0") and platform.python_implementation() == "CPython"
 
 USING_EXTENSIONS = False
-if not _WANT:
+if not _WANT or os.environ.get("GATEWAY_PURE_MODE_SOURCES", "") not in ("", "0"):
+    # GATEWAY_PURE_MODE_SOURCES=1: only the pure-mode modules interpreted (an A/B of what
+    # compiling them buys; benchmarks.latency's "sources" target).
     from gateway._fast.pure_mode import use_sources
 
     use_sources()

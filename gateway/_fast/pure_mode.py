@@ -10,7 +10,9 @@ system then prefers. Attribute access becomes a C struct read and calls between
 declared methods C calls, without a second copy of the code to keep in step.
 
 The interpreted ``.py`` is the pure-Python twin. ``GATEWAY_NO_EXTENSIONS=1``
-(``gateway._fast`` calls ``use_sources``) makes these imports load it instead;
+(``gateway._fast`` calls ``use_sources``) makes these imports load it instead,
+and so does ``GATEWAY_PURE_MODE_SOURCES=1``, which keeps the ``.pyx`` modules
+compiled (to measure what compiling these modules buys, and only that);
 ``tests/test_pure_mode.py`` runs the same tests against both, and checks that the
 compiled modules really loaded and are not older than their sources.
 """
