@@ -15,12 +15,11 @@ test:               ## install everything the tests need, build the extensions i
 test-only:          ## run the suite without installing
 	$(PYTHON) -m pytest
 
-build:              ## compile gateway/_fast and the pure-mode modules in place (GATEWAY_DEBUG_BUILD=1 for annotation + tracing)
+build:              ## compile gateway/_fast in place (GATEWAY_DEBUG_BUILD=1 for annotation + tracing)
 	$(PYTHON) setup.py build_ext --inplace
 
 demo:
 	mcp-gateway serve
 
 clean:
-	rm -rf build dist *.egg-info
-	find gateway \( -name "*.c" -o -name "*.so" -o -name "*.html" \) -delete
+	rm -rf build dist *.egg-info gateway/_fast/*.c gateway/_fast/*.so gateway/_fast/*.html

@@ -3,7 +3,7 @@
 The latency target (added p50 over direct at c=1) depends on the machine more
 than any other number: every process sleeps between requests and wakes with
 cold caches. So this runs, in one process tree and alternated round by round,
-the floor backend reached six ways:
+the floor backend reached five ways:
 
 - **direct**: the backend itself;
 - **floor**: the floor proxy (forwards bytes, reads nothing);
@@ -11,8 +11,6 @@ the floor backend reached six ways:
   stack (decode, route, re-encode, match the id), in plain callbacks;
 - **general**: the gateway with ``[gateway] express = false``: every call takes
   the general (coroutine) path, as before the express lane (``gateway.mcp.express``);
-- **sources**: the same gateway with ``GATEWAY_PURE_MODE_SOURCES=1``: the
-  pure-mode modules (``gateway._fast.pure_mode``) interpreted, not compiled;
 - **gateway**: ``mcp-gateway serve`` with its default configuration.
 
 and reports, per round and as medians over the rounds, each one's p50 and p99
@@ -36,7 +34,7 @@ from typing import Any
 
 from benchmarks.run import ROOT, Stack, free_port, load, progress, shared_bench, wait_port
 
-TARGETS = ("direct", "floor", "hop", "general", "sources", "gateway")
+TARGETS = ("direct", "floor", "hop", "general", "gateway")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,22 +52,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config.write_text(f'[gateway]\nexpress = false\n[backends.floor]\nurl = "http://127.0.0.1:{stack.backend_ports[0]}/mcp"\n')
             stack.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(general_port), "--log-level", "warning"])
             wait_port(general_port)
-            sources_port = free_port()
-            stack.spawn(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(stack.gateway_config), "--port", str(sources_port), "--log-level", "warning"],
-                env={"GATEWAY_PURE_MODE_SOURCES": "1"},
-            )
-            wait_port(sources_port)
             ports = {
                 "direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "general": general_port,
-                "sources": sources_port, "gateway": stack.gateway_port,
+                "gateway": stack.gateway_port,
             }
             total = args.rounds * len(TARGETS)
             for index in range(args.rounds):
                 cells: dict[str, Any] = {}
                 for offset, target in enumerate(TARGETS):
                     progress(index * len(TARGETS) + offset, total, f"round {index + 1} {target}")
-                    cells[target] = load(ports[target], "call", args.concurrency, args.duration, target in ("hop", "general", "sources", "gateway"))
+                    cells[target] = load(ports[target], "call", args.concurrency, args.duration, target in ("hop", "general", "gateway"))
                 direct = cells["direct"]
                 for target in TARGETS[1:]:
                     cells[target]["added_p50_us"] = cells[target]["p50_us"] - direct["p50_us"]

@@ -113,7 +113,7 @@ class Stack:
         self.floor_port = free_port()
         self.floor = self.spawn([sys.executable, str(bench / "floor_proxy.py"), str(self.floor_port), str(self.backend_ports[0])])
         wait_port(self.floor_port)
-        self.gateway_config = config = workdir / f"{scenario}.toml"
+        config = workdir / f"{scenario}.toml"
         names = [f"b{i}" for i in range(count)] if many else ["floor"]
         if scenario == "stdio":  # the gateway's backend is the floor backend's stdio twin, a child process
             backends = f'[backends.floor]\ncommand = {sys.executable!r}\nargs = ["-m", "benchmarks.stdio_echo_backend"]\n'
@@ -136,10 +136,9 @@ class Stack:
             wait_port(self.workers_port)
         time.sleep(1.0)  # let the gateways build their catalogs
 
-    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start one more process of the stack (stopped with the rest); ``env`` adds variables."""
-        full = {**os.environ, **env} if env else None
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full)
+    def spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        """Start one more process of the stack (stopped with the rest)."""
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc
 

@@ -19,7 +19,6 @@ from typing import Any
 __all__ = ["Deadlines"]
 
 log = logging.getLogger("gateway.timers")
-_get_running_loop = asyncio.get_running_loop  # a global, not a module attribute, per add()
 
 
 class Deadlines:
@@ -39,7 +38,7 @@ class Deadlines:
 
     def add(self, key: Any, delay: float, callback: Callable[[Any], None], arg: Any = None) -> None:
         """Call ``callback(arg)`` about ``delay`` seconds from now unless ``discard(key)`` comes first."""
-        loop = _get_running_loop()
+        loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new loop (tests): no tick runs there yet
             self._loop, self._tick = loop, None
         self._due[key] = (loop.time() + delay, callback, arg)

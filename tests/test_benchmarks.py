@@ -44,8 +44,8 @@ def test_harness_runs_all_three_targets(tmp_path) -> None:
 
 @pytest.mark.skipif(not _shared_bench_present(), reason="shared/bench (floor backend and proxy) is not beside the repo")
 def test_latency_runner_measures_every_hop(tmp_path) -> None:
-    """``benchmarks.latency`` alternates direct, floor, the minimal MCP hop, the gateway's general path, the
-    gateway with its pure-mode modules interpreted, and the gateway; every one answers real calls without a single error (the load generator counts JSON-RPC
+    """``benchmarks.latency`` alternates direct, floor, the minimal MCP hop, the gateway's general path and
+    the gateway; every one answers real calls without a single error (the load generator counts JSON-RPC
     errors too)."""
     out = tmp_path / "lat.json"
     cmd = [sys.executable, "-m", "benchmarks.latency", "--rounds", "1", "--duration", "0.3", "--out", str(out)]
@@ -53,9 +53,9 @@ def test_latency_runner_measures_every_hop(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
     (cells,) = results["rounds"]
-    for target in ("direct", "floor", "hop", "general", "sources", "gateway"):
+    for target in ("direct", "floor", "hop", "general", "gateway"):
         assert cells[target]["requests"] > 0 and cells[target]["errors"] == 0, (target, cells[target])
-    for target in ("floor", "hop", "general", "sources", "gateway"):
+    for target in ("floor", "hop", "general", "gateway"):
         assert results["medians"][target]["added_p50_us"] == cells[target]["p50_us"] - cells["direct"]["p50_us"]
     assert "| median |" in done.stdout
 

@@ -1,12 +1,7 @@
 """The compiled hot path, with a pure-Python twin for every module.
 
-Two kinds of compiled module. Here, ``.pyx`` modules (parsers, the routing
-table), each with a ``_*_py.py`` twin. Elsewhere, the modules named in
-``gateway._fast.pure_mode.MODULES``: ordinary Python typed by a ``.pxd`` beside
-it and compiled as it is, so the source is its own twin.
-
-The compiled modules are used unless ``GATEWAY_NO_EXTENSIONS=1`` is set or the
-interpreter is not CPython; if one is missing (not built), the twin is used and
+The compiled module is used unless ``GATEWAY_NO_EXTENSIONS=1`` is set or the
+interpreter is not CPython; if it is missing (not built), the twin is used and
 ``USING_EXTENSIONS`` is False, which a test turns into a failure.
 """
 
@@ -20,12 +15,6 @@ __all__ = ["USING_EXTENSIONS", "Router", "keep_alive", "parse_request", "parse_r
 _WANT = os.environ.get("GATEWAY_NO_EXTENSIONS", "") in ("", "0") and platform.python_implementation() == "CPython"
 
 USING_EXTENSIONS = False
-if not _WANT or os.environ.get("GATEWAY_PURE_MODE_SOURCES", "") not in ("", "0"):
-    # GATEWAY_PURE_MODE_SOURCES=1: only the pure-mode modules interpreted (an A/B of what
-    # compiling them buys; benchmarks.latency's "sources" target).
-    from gateway._fast.pure_mode import use_sources
-
-    use_sources()
 if _WANT:
     try:
         from gateway._fast.http1 import keep_alive, parse_request, parse_response

@@ -133,11 +133,8 @@ class _Exchange:
         self.fail(asyncio.TimeoutError())
 
 
-class _Conn:
-    """One keep-alive connection to the backend (an ``asyncio.Protocol``; compiled, an
-    extension type, which cannot subclass it)."""
-
-    __slots__ = ("backend", "parser", "transport", "exchange", "reused", "closed", "in_message")
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to the backend."""
 
     def __init__(self, backend: HttpBackend, stream_handler: Any = None) -> None:
         self.backend = backend

@@ -76,11 +76,6 @@ class ExpressLane:
         self.keepalive = front._keepalive
 
     def __call__(self, request: Request, reply: Reply) -> bool:
-        return self._take(request, reply)
-
-    def _take(self, request: Request, reply: Reply) -> bool:
-        # Its own method so that, compiled, its arguments are typed (express.pxd): the
-        # request's attributes and the dicts below are then read without a lookup.
         if request.method != "POST" or request.path != self.path:
             return False
         headers = request.headers

@@ -109,8 +109,6 @@ class SessionStore:
     A DELETE ends the session in the worker that receives it.
     """
 
-    __slots__ = ("_secret", "_sessions", "_idle_timeout", "_on_end", "_sweeper")
-
     def __init__(
         self, idle_timeout: float, on_end: Callable[[Session], None] | None = None, secret: bytes | None = None
     ) -> None:

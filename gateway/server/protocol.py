@@ -178,19 +178,8 @@ class _Cycle:
             self._waiter.set_result(None)
 
 
-class HttpProtocol:
-    """An HTTP/1.1 server connection that hands each request to ``app``.
-
-    It implements ``asyncio.Protocol`` without subclassing it: compiled, it is a
-    Cython extension type (``protocol.pxd``), which cannot derive from a Python class.
-    """
-
-    __slots__ = (
-        "app", "express", "config", "state", "loop", "parser", "transport", "client", "cycles", "next", "worker",
-        "wakeup", "http11", "reading_paused", "writing_paused", "drain_waiters", "header_timer", "idle_timer",
-        "in_headers", "in_message", "headers_pending", "last_active", "header_bytes", "tail", "url", "headers",
-        "header_count", "body", "body_size",
-    )
+class HttpProtocol(asyncio.Protocol):
+    """An HTTP/1.1 server connection that hands each request to ``app``."""
 
     def __init__(self, app: App, config: ServerConfig, state: ServerState, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # global
