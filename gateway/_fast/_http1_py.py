@@ -89,7 +89,8 @@ def parse_request(
     if sp2 < 0 or sp2 == sp1 + 1 or sp2 - sp1 - 1 > max_url:
         return None
     target = line[sp1 + 1 : sp2]
-    if not all(c in _TARGET for c in target):
+    # Origin-form only (a path from "/"): httptools judges every other form (it refuses ":/", say).
+    if target[:1] != b"/" or not all(c in _TARGET for c in target):
         return None
     version = line[sp2 + 1 :]
     if version == b"HTTP/1.1":

@@ -183,6 +183,8 @@ def parse_request(bytes data, Py_ssize_t start, long max_url, long max_headers, 
     if sp1 == start or sp1 - start > MAX_METHOD or sp1 >= eol or p[sp1] != b' ':
         return None
     sp2 = sp1 + 1
+    if p[sp2] != b'/':  # origin-form only: httptools judges every other form (it refuses ":/", say)
+        return None
     while sp2 < eol and TARGET[<unsigned char>p[sp2]]:
         sp2 += 1
     if sp2 == sp1 + 1 or sp2 - sp1 - 1 > max_url or sp2 >= eol or p[sp2] != b' ':
