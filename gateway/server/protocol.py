@@ -123,7 +123,7 @@ class _Cycle:
             return
         self.head_sent = True
         self.streaming = True
-        parts = [R.STATUS_LINES[status], R.SERVER_HEADER, _header_lines(headers)]
+        parts = [_STATUS_LINES[status], _SERVER_HEADER, _header_lines(headers)]
         parts.append(R.CHUNKED_HEADERS)
         parts.append(self._connection_header())
         parts.append(b"\r\n")
