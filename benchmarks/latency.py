@@ -10,7 +10,7 @@ the floor backend reached five ways:
 - **hop**: ``benchmarks/mcp_hop.py``, the least an MCP-aware hop must do in this
   stack (decode, route, re-encode, match the id), in plain callbacks;
 - **general**: the gateway with ``[gateway] express = false``: every call takes
-  the general (coroutine) path, as before the express lane (``gateway.mcp.express``);
+  the general (coroutine) path, as before the express lane (``gateway.front.express``);
 - **gateway**: ``mcp-gateway serve`` with its default configuration.
 
 and reports, per round and as medians over the rounds, each one's p50 and p99

@@ -28,7 +28,7 @@ import uvloop
 from msgspec import UNSET, Raw
 
 from gateway._fast import parse_request, parse_response
-from gateway.mcp.jsonrpc import Message
+from gateway.protocol.jsonrpc import Message
 
 _decode = msgspec.json.Decoder(Message).decode
 _decode_params = msgspec.json.Decoder(dict[str, Raw]).decode

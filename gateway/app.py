@@ -16,10 +16,10 @@ import os
 from gateway.backends import Backend, BackendState, create_backend
 from gateway._fast import prefix_uri
 from gateway.config import Config
-from gateway.mcp.catalog import CHANGE_NOTIFICATIONS, Catalog
-from gateway.mcp.front import McpFront
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
-from gateway.mcp.sessions import Session, SessionStore
+from gateway.catalog.aggregate import CHANGE_NOTIFICATIONS, Catalog
+from gateway.front.endpoint import McpFront
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
+from gateway.front.sessions import Session, SessionStore
 from gateway.server.api import Reply, Request
 
 __all__ = ["Gateway"]
@@ -65,7 +65,7 @@ class Gateway:
         )
         self.front = McpFront(config, self.catalog, self.sessions)
         self.front.on_backend_notification = self._backend_notification
-        # The HTTP protocol offers each request here first (see gateway.mcp.express).
+        # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
-    from gateway.workers import run_workers
+    from gateway.ops.workers import run_workers
 
     try:
         config = _overrides(load_config(args.config) if args.config else Config(), args.host, args.port)

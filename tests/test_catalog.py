@@ -9,9 +9,9 @@ import pytest
 from gateway._fast import Router
 from gateway.config import Config, ServerConfig
 from gateway.errors import Forbidden, InvalidParams
-from gateway.mcp.catalog import Catalog, CatalogSnapshot, decode_cursor, encode_cursor
-from gateway.mcp.front import McpFront
-from gateway.mcp.sessions import SessionStore
+from gateway.catalog.aggregate import Catalog, CatalogSnapshot, decode_cursor, encode_cursor
+from gateway.front.endpoint import McpFront
+from gateway.front.sessions import SessionStore
 
 
 def test_pages_follow_cursors_in_order() -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from gateway import errors
 from gateway.errors import GatewayError, InvalidParams, error_body
-from gateway.mcp.jsonrpc import UNSET, Message, decode_message, is_notification, is_request, is_response, response_bytes
-from gateway.mcp.sessions import SessionStore
+from gateway.protocol.jsonrpc import UNSET, Message, decode_message, is_notification, is_request, is_response, response_bytes
+from gateway.front.sessions import SessionStore
 
 
 def test_error_codes_are_unique_and_registered() -> None:

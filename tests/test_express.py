@@ -1,4 +1,4 @@
-"""The express lane (``gateway.mcp.express``): the common call answered in callbacks.
+"""The express lane (``gateway.front.express``): the common call answered in callbacks.
 
 Each test runs the gateway in this process, on real sockets, and checks two
 things: that the lane really took the call (a counter around it), and that
@@ -25,7 +25,7 @@ from gateway.app import Gateway
 from gateway.backends.base import Ticket
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig, load_config_text
-from gateway.mcp.jsonrpc import Raw
+from gateway.protocol.jsonrpc import Raw
 from gateway.server.listener import Server
 from tests.support import Child, ScriptedHttp, handshake_answer
 

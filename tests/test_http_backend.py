@@ -14,7 +14,7 @@ from gateway.backends.base import BackendState
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.mcp.jsonrpc import Raw
+from gateway.protocol.jsonrpc import Raw
 from tests.support import Child, ScriptedHttp, handshake_answer
 
 

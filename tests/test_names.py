@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.mcp.names import NAME_RE, expose_name
+from gateway.catalog.names import NAME_RE, expose_name
 
 
 def test_plain_names_unchanged() -> None:

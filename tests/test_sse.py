@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.backends.sse import SseParser
+from gateway.protocol.sse import SseParser
 
 STREAM = (
     b": comment\r\n"

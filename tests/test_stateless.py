@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import HeaderMismatch, InvalidParams, UnsupportedProtocolVersion
-from gateway.mcp.catalog import NO_HINT, hint_of, merge_hints
-from gateway.mcp.stateless import (
+from gateway.catalog.aggregate import NO_HINT, hint_of, merge_hints
+from gateway.protocol.stateless import (
     check_envelope,
     check_param_headers,
     decode_header_value,

@@ -14,7 +14,7 @@ from gateway.backends.base import BackendState
 from gateway.backends.stdio import StdioBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.mcp.jsonrpc import Raw
+from gateway.protocol.jsonrpc import Raw
 from tests.support import SERVERS
 
 SERVER = [str(SERVERS / "sdk_stdio_server.py")]

@@ -23,7 +23,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.mcp.jsonrpc import UNSET, Message, Raw
+from gateway.protocol.jsonrpc import UNSET, Message, Raw
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
@@ -32,61 +32,11 @@ __all__ = [
     "Backend",
     "BackendState",
     "ExpressAnswer",
-    "GATEWAY_CLIENT_CAPABILITIES",
     "MessageSink",
     "NotificationHandler",
     "RequestCancelled",
     "Ticket",
-    "initialize_params",
-    "with_envelope",
 ]
-
-UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
-"""The version the gateway asks backends for in ``initialize``."""
-
-
-GATEWAY_CLIENT_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
-"""What the gateway declares in a shared upstream session: everything it can relay
-to a client. A request for a capability the calling client did not declare is
-refused by the gateway (never forwarded), so a backend is never answered by a
-client that cannot answer."""
-
-
-def _client_info() -> dict[str, str]:
-    from gateway import __version__
-
-    return {"name": "mcp-gateway", "version": __version__}
-
-
-def initialize_params(capabilities: dict[str, Any] | None = None) -> Raw:
-    """The params of the gateway's own ``initialize`` toward a backend."""
-    from gateway.mcp.jsonrpc import encode
-
-    caps = GATEWAY_CLIENT_CAPABILITIES if capabilities is None else capabilities
-    return Raw(encode({"protocolVersion": UPSTREAM_PROTOCOL_VERSION, "capabilities": caps, "clientInfo": _client_info()}))
-
-
-def with_envelope(params: Raw | Any, capabilities: Any = None, client_info: Any = None) -> Raw:
-    """``params`` with the stateless era's ``_meta`` keys added where missing.
-
-    Used when the gateway itself asks a stateless backend (catalog, probes) and
-    when a handshake-era client's request goes to a stateless-only backend
-    (then ``capabilities``/``client_info`` are that client's).
-    """
-    from gateway.mcp.jsonrpc import decode_any, encode
-    from gateway.mcp.protocol_versions import STATELESS_VERSION
-    from gateway.mcp.stateless import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY
-
-    decoded = decode_any(params) if params is not UNSET else {}
-    body = decoded if isinstance(decoded, dict) else {}
-    meta = body.get("_meta")
-    meta = dict(meta) if isinstance(meta, dict) else {}
-    meta[VERSION_KEY] = STATELESS_VERSION
-    meta.setdefault(CAPABILITIES_KEY, capabilities if capabilities is not None else {})
-    meta.setdefault(CLIENT_INFO_KEY, client_info if client_info is not None else _client_info())
-    body["_meta"] = meta
-    return Raw(encode(body))
-
 
 class RequestCancelled(Exception):
     """Raised by ``Backend.request`` when the request was cancelled with ``Backend.cancel``."""

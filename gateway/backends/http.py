@@ -36,15 +36,14 @@ from gateway.backends.base import (
     MessageSink,
     RequestCancelled,
     Ticket,
-    initialize_params,
-    with_envelope,
 )
-from gateway.backends.sse import SseParser
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
-from gateway.mcp.protocol_versions import STATELESS_VERSION, STATELESS_VERSIONS
-from gateway.mcp.stateless import NAME_PARAM, encode_header_value
+from gateway.protocol.initialize import initialize_params, with_envelope
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
+from gateway.protocol.versions import STATELESS_VERSION, STATELESS_VERSIONS
+from gateway.protocol.sse import SseParser
+from gateway.protocol.stateless import NAME_PARAM, encode_header_value
 from gateway.timers import Deadlines
 
 __all__ = ["HttpBackend"]

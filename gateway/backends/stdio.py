@@ -21,10 +21,11 @@ from typing import Any
 
 import msgspec
 
-from gateway.backends.base import Backend, BackendState, MessageSink, RequestCancelled, Ticket, initialize_params
+from gateway.backends.base import Backend, BackendState, MessageSink, RequestCancelled, Ticket
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, encode
+from gateway.protocol.initialize import initialize_params
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.timers import Deadlines
 
 __all__ = ["StdioBackend"]

@@ -185,7 +185,7 @@ class HttpProtocol(asyncio.Protocol):
         # global
         self.app = app
         # Optional: ``app.express(request, reply) -> bool`` takes a request in this callback,
-        # with no task (gateway.mcp.express), or declines it untouched.
+        # with no task (gateway.front.express), or declines it untouched.
         self.express: Callable[[Request, _Cycle], bool] | None = getattr(app, "express", None)
         self.config = config
         self.state = state

@@ -38,16 +38,16 @@ import msgspec
 
 from gateway.backends.base import RequestCancelled
 from gateway.errors import GatewayError, InternalError, error_body
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_envelope, decode_params, encode, response_bytes
-from gateway.mcp.protocol_versions import HANDSHAKE_VERSIONS
-from gateway.mcp.sessions import RequestContext
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_envelope, decode_params, encode, response_bytes
+from gateway.protocol.versions import HANDSHAKE_VERSIONS
+from gateway.front.sessions import RequestContext
 from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES
 
 if TYPE_CHECKING:
     from gateway.backends.base import Backend
-    from gateway.mcp.front import McpFront, _ClientStream
-    from gateway.mcp.sessions import Session
+    from gateway.front.endpoint import McpFront, _ClientStream
+    from gateway.front.sessions import Session
 
 __all__ = ["ExpressLane"]
 
@@ -151,7 +151,7 @@ class _Call:
     def _client_stream(self) -> _ClientStream:
         stream = self.stream
         if stream is None:
-            from gateway.mcp.front import _ClientStream  # the front imports this module
+            from gateway.front.endpoint import _ClientStream  # the front imports this module
 
             ctx = RequestContext("handshake", self.session.protocol_version, self.session)
             stream = self.stream = _ClientStream(self.front, self.reply, self.backend, ctx, None)

@@ -26,9 +26,9 @@ import msgspec
 from gateway._fast import Router, prefix_uri
 from gateway.backends.base import Backend, BackendState
 from gateway.errors import GatewayError, InvalidParams
-from gateway.mcp.jsonrpc import UNSET, Raw, decode_any, encode
-from gateway.mcp.names import expose_name
-from gateway.mcp.stateless import x_mcp_headers
+from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, encode
+from gateway.catalog.names import expose_name
+from gateway.protocol.stateless import x_mcp_headers
 
 __all__ = ["LIST_METHODS", "NO_HINT", "Catalog", "CatalogSnapshot", "Hint", "hint_of", "merge_hints"]
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import InvalidParams
-from gateway.mcp.jsonrpc import Message
+from gateway.protocol.jsonrpc import Message
 
 __all__ = ["MAX_PENDING", "MAX_ROUNDS", "PendingCall", "PendingCalls"]
 
@@ -110,7 +110,7 @@ class PendingCall:
 
 
 def _decoded(params: Any) -> Any:
-    from gateway.mcp.jsonrpc import UNSET, decode_any
+    from gateway.protocol.jsonrpc import UNSET, decode_any
 
     return {} if params is UNSET else decode_any(params)
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gateway.errors import HeaderMismatch, InvalidParams, UnsupportedProtocolVersion
-from gateway.mcp.protocol_versions import STATELESS_VERSIONS
+from gateway.protocol.versions import STATELESS_VERSIONS
 
 __all__ = [
     "CAPABILITIES_KEY",

@@ -8,7 +8,7 @@ Per request, in this order (each step either continues or answers):
 3. POST: ``Content-Type`` (415), ``Accept`` (406), body decoded as a JSON-RPC
    envelope (400: -32700 / -32600), ``MCP-Protocol-Version`` (400);
 4. the era: a 2026-07-28 request (by ``MCP-Protocol-Version``, or a body with
-   the stateless envelope and no session) goes through ``gateway.mcp.stateless``
+   the stateless envelope and no session) goes through ``gateway.protocol.stateless``
    checks (-32602 / -32020 / -32022, 404 for unknown methods) and needs no
    session; otherwise ``initialize`` makes a session and any other message
    needs a known one (400 missing, 404 unknown);
@@ -24,7 +24,7 @@ Both eras share one request path: everything after step 4 reads a
 ``RequestContext`` (era, version, session or None, the client's capabilities).
 Toward a backend the client's own era is used when the backend speaks it;
 otherwise ``_forward`` translates (envelope, ``resultType``, error codes) and
-``gateway.mcp.bridge`` carries server-to-client requests across. Requests a
+``gateway.front.bridge`` carries server-to-client requests across. Requests a
 backend sends mid-call are relayed to the client by ``_ClientStream``.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 
 from gateway import __version__
-from gateway.backends.base import Backend, RequestCancelled, Ticket, with_envelope
+from gateway.backends.base import Backend, RequestCancelled, Ticket
 from gateway.config import Config
 from gateway.errors import (
     BackendTimeout,
@@ -53,18 +53,19 @@ from gateway.errors import (
     SessionNotFound,
     error_body,
 )
-from gateway.mcp.bridge import MAX_ROUNDS, PendingCall, PendingCalls
-from gateway.mcp.catalog import LIST_METHODS, Catalog
-from gateway.mcp.express import ExpressLane
-from gateway.mcp.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
-from gateway.mcp.protocol_versions import (
+from gateway.front.bridge import MAX_ROUNDS, PendingCall, PendingCalls
+from gateway.catalog.aggregate import LIST_METHODS, Catalog
+from gateway.front.express import ExpressLane
+from gateway.protocol.initialize import InitializeParams, decode_initialize, with_envelope
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
+from gateway.protocol.versions import (
     BATCH_VERSIONS,
     HANDSHAKE_VERSIONS,
     LATEST_HANDSHAKE,
     STATELESS_VERSIONS,
     SUPPORTED_VERSIONS,
 )
-from gateway.mcp.stateless import (
+from gateway.protocol.stateless import (
     NAME_PARAM,
     SERVER_INFO_KEY,
     check_envelope,
@@ -72,7 +73,7 @@ from gateway.mcp.stateless import (
     encode_header_value,
     param_headers,
 )
-from gateway.mcp.sessions import RequestContext, Session, SessionStore
+from gateway.front.sessions import RequestContext, Session, SessionStore
 from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES as _JSON_HEADER_LINES
 from gateway.timers import Deadlines
@@ -119,17 +120,10 @@ def _add_result_fields(result: bytes, fields: bytes) -> bytes:
     return b"{" + fields + (b"}" if rest == b"}" else b"," + rest)
 
 
-class _InitializeParams(msgspec.Struct):
-    protocolVersion: str = ""
-    capabilities: dict[str, Any] = {}
-    clientInfo: Any = None
-
-
 class _ListParams(msgspec.Struct):
     cursor: str | None = None
 
 
-_decode_init = msgspec.json.Decoder(_InitializeParams).decode
 _decode_list = msgspec.json.Decoder(_ListParams).decode
 
 
@@ -203,7 +197,7 @@ class McpFront:
         self._next_token = 0
         # Open subscriptions/listen streams (stateless era).
         self._listeners: set[_Listener] = set()
-        # The common call answered in callbacks (gateway.mcp.express); None: the general path only.
+        # The common call answered in callbacks (gateway.front.express); None: the general path only.
         self.express: ExpressLane | None = ExpressLane(self) if config.gateway.express else None
 
     # -- entry -------------------------------------------------------------------------------
@@ -452,7 +446,7 @@ class McpFront:
         if msg.id is UNSET:
             raise InvalidRequest("initialize must be a request", reason="invalid_request")
         try:
-            params = _decode_init(msg.params) if msg.params is not UNSET else _InitializeParams()
+            params = decode_initialize(msg.params) if msg.params is not UNSET else InitializeParams()
         except msgspec.ValidationError as exc:
             raise InvalidParams(f"bad initialize params: {exc}") from None
         wanted = params.protocolVersion

@@ -1,0 +1,2 @@
+"""The aggregated catalog (every backend's items under namespaces, the routing
+table built from them) and the name mapping between exposed and backend names."""

@@ -1,0 +1,1 @@
+"""Running the gateway: worker processes, health; later metrics, audit, admin, reload."""
