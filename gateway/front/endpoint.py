@@ -334,13 +334,13 @@ class McpFront:
             return
         if msg.method == "initialize":
             self._check_version_header(headers, None)
-            self._initialize(msg, reply)
+            self.initialize(msg, reply)
             return
         session = self._session_for(headers)
         self._check_version_header(headers, session)
         ctx = RequestContext("handshake", session.protocol_version, session)
         if msg.id is UNSET or msg.method is UNSET:
-            self._accept_client_message(msg, ctx)
+            self.accept_client_message(msg, ctx)
             reply.send(202, (), b"")
             return
         # _request, inlined: one coroutine level less on the hot path.
@@ -436,13 +436,13 @@ class McpFront:
         except GatewayError as err:
             return error_body(None, err)
         if msg.id is UNSET or msg.method is UNSET:
-            self._accept_client_message(msg, ctx)
+            self.accept_client_message(msg, ctx)
             return None
         if msg.method == "initialize":
             return error_body(msg.id, InvalidRequest("initialize cannot be batched"))
-        return await self._request(msg, ctx, None)
+        return await self.request(msg, ctx, None)
 
-    def _initialize(self, msg: Message, reply: Reply) -> None:
+    def initialize(self, msg: Message, reply: Reply) -> None:
         if msg.id is UNSET:
             raise InvalidRequest("initialize must be a request", reason="invalid_request")
         try:
@@ -508,7 +508,7 @@ class McpFront:
         value = info.get("instructions")
         return value if isinstance(value, str) else None
 
-    def _accept_client_message(self, msg: Message, ctx: RequestContext) -> None:
+    def accept_client_message(self, msg: Message, ctx: RequestContext) -> None:
         """Notifications and responses from the client: nothing to answer."""
         if msg.method is UNSET:
             self._client_answered(msg, ctx)
@@ -556,7 +556,7 @@ class McpFront:
         except GatewayError as err:
             log.warning("relaying to a backend failed: %s", err.message)
 
-    async def _request(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
+    async def request(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
         """Answer one request: its response bytes, or None if it was streamed to ``reply``."""
         handler = self._handlers.get(msg.method)  # type: ignore[arg-type]
         try:
