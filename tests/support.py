@@ -4,6 +4,8 @@ address on stdout, and a raw HTTP/1.1 client over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import os
 import pathlib
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -239,3 +241,110 @@ def handshake_answer(request: dict, sessions: list[str]) -> Answer | None:
         info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
         return 200, {"mcp-session-id": sessions[-1]}, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": info}).encode()
     return None
+
+
+# -- waiting on a condition -------------------------------------------------------------------------
+
+
+async def eventually(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, message: str = "the condition did not hold"
+) -> Any:
+    """Re-check ``predicate()`` (plain or async) until it is truthy and return that value; at the
+    deadline, fail with an AssertionError saying ``message`` (what did not happen).
+
+    Between checks it yields to the loop, pausing 1 ms at first and at most 50 ms, so a condition
+    another process brings about is seen at once without spinning a shared core."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = 0.001
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"after {timeout} s: {message}")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def eventually_sync(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, message: str = "the condition did not hold"
+) -> Any:
+    """``eventually`` for tests without a loop (blocking sockets and processes)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"after {timeout} s: {message}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+async def wait_set(event: asyncio.Event, timeout: float, message: str) -> None:
+    """Wait for ``event``; at the deadline fail with an AssertionError saying ``message``."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"after {timeout} s: {message}") from None
+
+
+async def refuses_connections(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a connection to ``host:port`` is refused now (nothing listens there any more)."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+def _tcp_queues() -> dict[tuple[tuple[str, int], tuple[str, int]], tuple[int, int]]:
+    """``{(local, remote): (tx_queue, rx_queue)}`` for every IPv4 TCP socket, from /proc/net/tcp (Linux)."""
+
+    def address(field: str) -> tuple[str, int]:
+        host, port = field.split(":")
+        return socket.inet_ntoa(bytes.fromhex(host)[::-1]), int(port, 16)
+
+    table = {}
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            tx, rx = fields[4].split(":")
+            table[(address(fields[1]), address(fields[2]))] = (int(tx, 16), int(rx, 16))
+    return table
+
+
+def peer_has_read(sock: socket.socket) -> bool:
+    """Whether the process at the other end of ``sock`` (IPv4, same host) has read everything sent on it:
+    nothing of ours is unacknowledged (it all reached the peer's kernel) and nothing waits in the peer's
+    receive queue (its process has read it), as the kernel's socket table says."""
+    ours, theirs = sock.getsockname()[:2], sock.getpeername()[:2]
+    table = _tcp_queues()
+    if (ours, theirs) not in table or (theirs, ours) not in table:
+        raise AssertionError(f"connection {ours} -> {theirs} is not in /proc/net/tcp")
+    return table[(ours, theirs)][0] == 0 and table[(theirs, ours)][1] == 0
+
+
+@contextlib.asynccontextmanager
+async def watched_transport(url: str) -> AsyncIterator[tuple[Any, asyncio.Event]]:
+    """The SDK's Streamable HTTP transport to ``url`` (pass it to ``mcp.Client`` instead of the URL) and
+    an Event set when the server answers the client's GET (its notification stream) with 200: from then
+    on the server has the stream and can push to it."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    opened = asyncio.Event()
+
+    async def on_response(response: httpx2.Response) -> None:
+        if response.request.method == "GET" and response.status_code == 200:
+            opened.set()
+
+    # The SDK's own client settings (30 s, 300 s to read a stream), plus the hook.
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with httpx2.AsyncClient(timeout=timeout, event_hooks={"response": [on_response]}) as http:
+        yield streamable_http_client(url, http_client=http), opened

@@ -10,13 +10,25 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import ROOT, SERVERS, Child, gateway, post, raw_exchange, read_response
+from tests.support import (
+    ROOT,
+    SERVERS,
+    Child,
+    eventually,
+    eventually_sync,
+    gateway,
+    peer_has_read,
+    post,
+    raw_exchange,
+    read_response,
+    wait_set,
+    watched_transport,
+)
 from tests.test_bad_input import INIT
 from tests.test_e2e import list_all
 
@@ -51,15 +63,16 @@ async def test_killed_stdio_backend_fails_clearly_then_recovers(tmp_path, http_b
             assert down.value.code == -32054
             assert "local" in down.value.message
             assert (await client.call_tool("web__echo", {"text": "other"})).content[0].text == "other"
-            deadline = time.monotonic() + 30
-            while True:
+
+            async def restarted():  # type: ignore[no-untyped-def]
+                """The call's result once the backend is back; until then it fails as unavailable."""
                 try:
-                    result = await client.call_tool("local__echo", {"text": "after"})
-                    break
+                    return await client.call_tool("local__echo", {"text": "after"})
                 except MCPError as exc:
                     assert exc.code == -32054
-                    assert time.monotonic() < deadline, "the backend was not restarted"
-                    await asyncio.sleep(0.2)
+                    return None
+
+            result = await eventually(restarted, timeout=30, message="the backend was not restarted")
             assert result.content[0].text == "after"
             assert (await client.call_tool("web__echo", {"text": "other"})).content[0].text == "other"
     finally:
@@ -97,17 +110,20 @@ async def test_list_changed_refreshes_catalog_and_reaches_get_stream(gw: Child) 
             if method == "notifications/tools/list_changed":
                 changed.set()
 
-    async with Client(gw.url, mode="legacy", message_handler=on_message) as client:
-        before = {t.name for t in await list_all(client, "tools")}
-        await asyncio.sleep(0.5)  # let the client's GET stream open
-        await client.call_tool("web__add_tool", {})
-        await asyncio.wait_for(changed.wait(), 15)
-        deadline = time.monotonic() + 10
-        while True:
-            after = {t.name for t in await list_all(client, "tools")}
-            if after - before or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+    async with watched_transport(gw.url) as (transport, stream_open):
+        async with Client(transport, mode="legacy", message_handler=on_message) as client:
+            before = {t.name for t in await list_all(client, "tools")}
+            after = before
+
+            async def grown() -> set[str]:
+                nonlocal after
+                after = {t.name for t in await list_all(client, "tools")}
+                return after - before
+
+            await wait_set(stream_open, 15, "the client's GET stream did not open")
+            await client.call_tool("web__add_tool", {})
+            await asyncio.wait_for(changed.wait(), 15)
+            await eventually(grown, timeout=10, message="the new tool never appeared in the aggregate")
     assert after - before, "the new tool never appeared in the aggregate"
     assert all(n.startswith("web__") for n in after - before)
 
@@ -139,7 +155,8 @@ def test_sigterm_lets_request_in_flight_finish(tmp_path) -> None:
     body = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"local__slow","arguments":{"seconds":1.5}}}'
     with socket.create_connection(("127.0.0.1", child.port), timeout=20) as sock:
         sock.sendall(post("/mcp", body, {"mcp-session-id": session}, port=child.port))
-        time.sleep(0.5)
+        # The gateway has read the request (so it is in flight there) before the signal.
+        eventually_sync(lambda: peer_has_read(sock), message="the gateway did not read the request")
         child.proc.send_signal(signal.SIGTERM)
         response = read_response(sock, timeout=20)
     assert response.status == 200

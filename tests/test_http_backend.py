@@ -15,7 +15,7 @@ from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.protocol.jsonrpc import Raw
-from tests.support import Child, ScriptedHttp, handshake_answer
+from tests.support import Child, ScriptedHttp, eventually, handshake_answer, refuses_connections, wait_set
 
 
 def call(name: str, arguments: dict, meta: dict | None = None) -> Raw:
@@ -59,16 +59,26 @@ async def test_concurrent_calls_over_the_pool(sdk: HttpBackend) -> None:
 
 
 class Scripted(ScriptedHttp):
-    """The scripted server with a plain ``handler(request) -> (status, headers, body)``; None: silence."""
+    """The scripted server with a plain ``handler(request) -> (status, headers, body)``; None: silence
+    until the server is closed (then the connection drops unanswered). ``silenced`` is set once a
+    request has been met with silence."""
 
     def __init__(self, handler: Callable[[dict], tuple[int, dict, bytes] | None]) -> None:
+        self.silenced = asyncio.Event()
+        self._closed = asyncio.Event()
+
         async def answer(request: dict) -> tuple[int, dict, bytes] | None:
             result = handler(request)
             if result is None:
-                await asyncio.sleep(30)
+                self.silenced.set()
+                await self._closed.wait()
             return result
 
         super().__init__(answer)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed.set()
+        await super().__aexit__(*exc)
 
 
 def basic(sessions: list[str], *, expire_first_call: bool = False, silent_tool: bool = False):  # type: ignore[no-untyped-def]
@@ -130,11 +140,12 @@ async def test_silent_backend_times_out() -> None:
 
 async def test_a_full_pool_answers_busy_after_connect_timeout() -> None:
     """More requests than pool connections wait for one, for at most connect_timeout."""
-    async with Scripted(basic([], silent_tool=True)) as url:
+    fake = Scripted(basic([], silent_tool=True))
+    async with fake as url:
         b = HttpBackend("f", BackendConfig(url=url, pool_size=1, connect_timeout=0.3), default_timeout=5)
         await b.start()
         first = asyncio.ensure_future(b.request("tools/list", timeout=3))  # holds the one connection
-        await asyncio.sleep(0.05)
+        await wait_set(fake.silenced, 5, "the first request never reached the backend")
         started = asyncio.get_running_loop().time()
         with pytest.raises(BackendUnavailable, match="connections busy"):
             await b.request("tools/list", timeout=3)
@@ -150,19 +161,18 @@ async def test_unreachable_backend_is_down_then_recovers() -> None:
     url = await fake.__aenter__()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     await fake.__aexit__()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: refuses_connections(port), timeout=5, message=f"port {port} still accepts connections")
     b = HttpBackend("f", BackendConfig(url=url, connect_timeout=1), default_timeout=5)
     await b.start()
     try:
         assert b.state is BackendState.DOWN
         with pytest.raises(BackendUnavailable):
             await b.request("tools/list")
+        ready = asyncio.Event()
+        b.on_state_change = lambda backend: ready.set() if backend.state is BackendState.READY else None
         server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
         try:
-            for _ in range(100):
-                if b.state is BackendState.READY:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_set(ready, 10, "the backend did not come back up")
             assert b.state is BackendState.READY
             assert result(await b.request("tools/list"))["session"] == sessions[-1]
         finally:

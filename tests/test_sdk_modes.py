@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 import mcp.types as types
 import pytest
 from mcp import Client
 
-from tests.support import SERVERS, Child, gateway
+from tests.support import SERVERS, Child, eventually, gateway, wait_set, watched_transport
 
 MODES = ["legacy", "2026-07-28", "auto"]
 
@@ -212,9 +211,7 @@ async def test_cancellation_reaches_the_backend(gw2: Child, mode: str) -> None:
         with pytest.raises(Exception):
             await c.call_tool("local__slow", {"seconds": seconds}, read_timeout_seconds=0.5)
     marker = f"slow({float(seconds)}) cancelled"
-    deadline = time.monotonic() + 10
-    while marker not in gw2.stderr_text() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await eventually(lambda: marker in gw2.stderr_text(), timeout=10, message=f"no {marker!r} in the gateway log")
     assert marker in gw2.stderr_text()
 
 
@@ -227,14 +224,15 @@ async def test_a_stateless_backends_list_changes_reach_clients(gw2: Child) -> No
         if isinstance(message, types.ToolListChangedNotification):
             changed.set()
 
-    async with client(gw2, "legacy", message_handler=on_message) as c:
-        await asyncio.sleep(0.3)  # the client's GET stream opens
-        added = text(await c.call_tool("st__add_dynamic_tool", {}))
-        try:
-            await asyncio.wait_for(changed.wait(), 10)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no list_changed; gateway log: {gw2.stderr_text()[-3000:]}") from None
-        assert f"st__{added}" in await tool_names(c)
+    async with watched_transport(gw2.url) as (transport, stream_open):
+        async with Client(transport, mode="legacy", message_handler=on_message) as c:
+            await wait_set(stream_open, 10, "the client's GET stream did not open")
+            added = text(await c.call_tool("st__add_dynamic_tool", {}))
+            try:
+                await asyncio.wait_for(changed.wait(), 10)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no list_changed; gateway log: {gw2.stderr_text()[-3000:]}") from None
+            assert f"st__{added}" in await tool_names(c)
 
 
 async def test_a_per_client_session_declares_the_clients_own_capabilities(gw2: Child) -> None:
