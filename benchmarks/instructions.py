@@ -9,6 +9,10 @@ instructions per request and the gateway/floor ratio::
 
     python -m benchmarks.instructions                      # call and call_stateless, 2,000 requests each
     python -m benchmarks.instructions --scenarios call --requests 5000 --concurrency 16
+    python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
+
+Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
+(gitignored), into ``benchmarks/results/`` with ``--save``, or to ``--out``.
 
 Kernel time (the syscalls) is not counted, so this shows the Python and C work
 of each process, which is what the code can change. Under valgrind a process
@@ -25,10 +29,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
-from benchmarks.run import ROOT, body_for, free_port, shared_bench, wait_port
+from benchmarks.run import ROOT, Child, body_for, output_folder
 
 SCENARIOS = ("call", "call_stateless")
 
@@ -55,24 +58,27 @@ def _total_instructions(path: pathlib.Path) -> int:
     return int(match.group(1))
 
 
-def count(cmd: list[str], port: int, scenario: str, target: str, requests: int, concurrency: int, workdir: pathlib.Path) -> dict[str, Any]:
-    """Instructions per request of the process ``cmd`` (listening on ``port``) for one scenario."""
+def count(cmd: list[str], scenario: str, target: str, requests: int, concurrency: int, workdir: pathlib.Path) -> dict[str, Any]:
+    """Instructions per request of the server ``cmd`` (told to listen on port 0; it prints the port) for one scenario."""
     out = workdir / f"{target}-{scenario}.cg"
     vg = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "--dump-instr=no", *cmd,
     ]
-    proc = subprocess.Popen(vg, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = Child(vg)
+    proc = child.proc
     try:
-        wait_port(port, timeout=300.0)
-        if target == "gateway":
-            time.sleep(3.0)  # the catalog is built after the port opens (slowly, under valgrind)
+        # Slow under valgrind; the gateway prints its line only after its catalog is built.
+        port = child.ready(timeout=300.0)
         _loadgen(port, scenario, target, 200, concurrency)  # warm up: connections, caches, lazy imports
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True, timeout=120)
         load = _loadgen(port, scenario, target, requests, concurrency)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True, timeout=120)
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(60)  # callgrind writes its last dump on the way out: give it time
+        finally:
+            child.stop()
     dumps = sorted(workdir.glob(f"{out.name}.*"))
     if not dumps:
         raise RuntimeError("callgrind wrote no dump")
@@ -82,51 +88,48 @@ def count(cmd: list[str], port: int, scenario: str, target: str, requests: int, 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Count the floor proxy and the gateway for each scenario, against one floor backend."""
-    bench = shared_bench()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or pathlib.Path(tmp)
-        backend_port = free_port()
-        backend = subprocess.Popen(
-            [sys.executable, str(bench / "floor_backend.py"), str(backend_port)], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        backend = Child([sys.executable, "-m", "benchmarks.floor_backend", "0"])
         try:
-            wait_port(backend_port)
+            backend_port = backend.ready()
             config = workdir / "gateway.toml"
             config.write_text(f'[backends.floor]\nurl = "http://127.0.0.1:{backend_port}/mcp"\n')
             for scenario in args.scenarios:
                 row: dict[str, Any] = {}
                 for target in args.targets:
-                    port = free_port()
                     if target == "floor":
-                        cmd = [sys.executable, str(bench / "floor_proxy.py"), str(port), str(backend_port)]
+                        cmd = [sys.executable, "-m", "benchmarks.floor_proxy", "0", str(backend_port)]
                     elif target == "hop":
                         if scenario != "call":
                             continue  # the minimal hop speaks the handshake era only
-                        cmd = [sys.executable, "-m", "benchmarks.mcp_hop", str(port), str(backend_port)]
+                        cmd = [sys.executable, "-m", "benchmarks.mcp_hop", "0", str(backend_port)]
                     else:
-                        cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
+                        cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0",
                                "--log-level", "warning"]
                     print(f"{scenario}: counting {target} ...", file=sys.stderr, flush=True)
-                    row[target] = count(cmd, port, scenario, target, args.requests, args.concurrency, workdir)
+                    row[target] = count(cmd, scenario, target, args.requests, args.concurrency, workdir)
                 if "floor" in row and "gateway" in row:
                     row["gateway_over_floor"] = row["gateway"]["per_request"] / row["floor"]["per_request"]
                 results[scenario] = row
         finally:
-            backend.terminate()
-            backend.wait(10)
+            backend.stop()
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module's docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=["call", "call_stateless"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--targets", type=lambda s: s.split(","), default=["floor", "gateway"], help="floor,hop,gateway (hop: benchmarks.mcp_hop)")
     parser.add_argument("--keep", type=pathlib.Path, help="write the callgrind dumps here (for callgrind_annotate)")
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "instructions.json")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/instructions.json (the committed file) instead of a new folder "
+                             "benchmarks/results/runs/<UTC time>/")
+    parser.add_argument("--out", type=pathlib.Path, help="write the JSON here (overrides --save)")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -139,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{row[t]['per_request']:,.0f}" if t in row else "-" for t in ("floor", "hop", "gateway")]
         ratio = f"{row['gateway_over_floor']:.2f}" if "gateway_over_floor" in row else "-"
         print(f"| {scenario} | {cells[0]} | {cells[1]} | {cells[2]} | {ratio} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"json: {args.out}")
+    out = args.out or output_folder(args.save) / "instructions.json"  # made only now: a failed run leaves no folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"json: {out}")
     return 0
 
 

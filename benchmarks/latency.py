@@ -18,8 +18,10 @@ and what it adds over direct::
 
     python -m benchmarks.latency                    # 7 rounds of 2 s
     python -m benchmarks.latency --rounds 3 --duration 1 --concurrency 1
+    python -m benchmarks.latency --save             # update the committed benchmarks/results/latency.json
 
-Writes ``benchmarks/results/latency.json``.
+Writes ``latency.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
+(gitignored), into ``benchmarks/results/`` with ``--save``, or to ``--out``.
 """
 
 from __future__ import annotations
@@ -32,26 +34,22 @@ import sys
 import tempfile
 from typing import Any
 
-from benchmarks.run import ROOT, Stack, free_port, load, progress, shared_bench, wait_port
+from benchmarks.run import Stack, load, output_folder, progress
 
 TARGETS = ("direct", "floor", "hop", "general", "gateway")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Alternate the targets ``args.rounds`` times; return every round and the medians."""
-    bench = shared_bench()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack("call", bench, pathlib.Path(tmp))
+        stack = Stack("call", pathlib.Path(tmp))
         try:
-            hop_port = free_port()
-            stack.spawn([sys.executable, "-m", "benchmarks.mcp_hop", str(hop_port), str(stack.backend_ports[0])])
-            wait_port(hop_port)
-            general_port = free_port()
+            hop = stack.spawn([sys.executable, "-m", "benchmarks.mcp_hop", "0", str(stack.backend_ports[0])])
             config = pathlib.Path(tmp) / "general.toml"
             config.write_text(f'[gateway]\nexpress = false\n[backends.floor]\nurl = "http://127.0.0.1:{stack.backend_ports[0]}/mcp"\n')
-            stack.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(general_port), "--log-level", "warning"])
-            wait_port(general_port)
+            general = stack.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", "--log-level", "warning"])
+            hop_port, general_port = hop.ready(), general.ready()
             ports = {
                 "direct": stack.backend_ports[0], "floor": stack.floor_port, "hop": hop_port, "general": general_port,
                 "gateway": stack.gateway_port,
@@ -93,17 +91,22 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module's docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latency.json")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/latency.json (the committed file) instead of a new folder "
+                             "benchmarks/results/runs/<UTC time>/")
+    parser.add_argument("--out", type=pathlib.Path, help="write the JSON here (overrides --save)")
     args = parser.parse_args(argv)
     results = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    out = args.out or output_folder(args.save) / "latency.json"  # made only now: a failed run leaves no folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
     print(table(results))
-    print(f"json: {args.out}")
+    print(f"json: {out}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """A fast benchmark backend (httptools + msgspec, no SDK) that lists N tools and echoes calls.
 
-    python -m benchmarks.many_tools_backend PORT [--tools 50]
+    python -m benchmarks.many_tools_backend PORT [--tools 50]     # PORT 0: any free port
 
-Like the shared floor backend, it skips sessions and validation so that a
-benchmark measures the gateway, not the backend.
+Like the floor backend (``benchmarks/floor_backend.py``), it skips sessions and
+validation so that a benchmark measures the gateway, not the backend. Once it
+listens it prints ``many_tools_backend listening on http://127.0.0.1:PORT/mcp``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class _Protocol(asyncio.Protocol):
 
 
 def main() -> None:
+    """Command line: ``python -m benchmarks.many_tools_backend PORT [--tools N]``."""
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("--tools", type=int, default=50)
@@ -72,7 +74,8 @@ def main() -> None:
     _Protocol.tools = _tools(args.tools)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(loop.create_server(_Protocol, "127.0.0.1", args.port, backlog=4096))
+    server = loop.run_until_complete(loop.create_server(_Protocol, "127.0.0.1", args.port, backlog=4096))
+    print(f"many_tools_backend listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp", flush=True)
     loop.run_forever()
 
 

@@ -1,6 +1,6 @@
 """The least work an MCP-aware hop must do in this stack: a latency reference, not a gateway.
 
-The floor proxy (``shared/bench/floor_proxy.py``) forwards bytes without
+The floor proxy (``benchmarks/floor_proxy.py``) forwards bodies without
 reading them. A gateway cannot: it must at least decode the JSON-RPC envelope
 and the params, route the tool name, re-encode the params and the message with
 an id of its own, and on the way back match the response and answer with the
@@ -14,7 +14,9 @@ It speaks just enough for ``benchmarks.loadgen --initialize``: initialize gets
 a session header, notifications get 202, ``tools/call`` of ``NAMESPACE__TOOL``
 goes upstream as ``TOOL``.
 
-    python -m benchmarks.mcp_hop LISTEN_PORT UPSTREAM_PORT [--namespace floor]
+    python -m benchmarks.mcp_hop LISTEN_PORT UPSTREAM_PORT [--namespace floor]   # LISTEN_PORT 0: any free port
+
+Once it listens it prints ``mcp_hop listening on http://127.0.0.1:PORT/mcp``.
 """
 
 from __future__ import annotations
@@ -125,17 +127,19 @@ class _Hop:
 
 
 async def serve(listen: int, upstream: int, namespace: str, connections: int = 300) -> None:
-    """Open ``connections`` upstream keep-alive connections, then serve on ``listen`` forever."""
+    """Open ``connections`` upstream keep-alive connections, then serve on ``listen`` (0: any free port) forever."""
     loop = asyncio.get_running_loop()
     hop = _Hop(namespace)
     for _ in range(connections):  # one per client connection in flight is enough; the load is bounded
         _, conn = await loop.create_connection(lambda: _Upstream(hop), "127.0.0.1", upstream)
         hop.idle.append(conn)
-    await loop.create_server(lambda: _Front(hop), "127.0.0.1", listen, backlog=4096)
-    await asyncio.Event().wait()
+    server = await loop.create_server(lambda: _Front(hop), "127.0.0.1", listen, backlog=4096)
+    print(f"mcp_hop listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp", flush=True)
+    await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m benchmarks.mcp_hop LISTEN_PORT UPSTREAM_PORT``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("listen", type=int)
     parser.add_argument("upstream", type=int)

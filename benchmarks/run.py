@@ -4,60 +4,128 @@ the machine's drift cancels out.
 
     python -m benchmarks.run                       # every scenario, concurrency 1 16 64 256
     python -m benchmarks.run --scenarios call --concurrency 16 --duration 2 --rounds 1
+    python -m benchmarks.run --save                # update the committed benchmarks/results/latest.*
 
 For each scenario, concurrency and target it records requests/s, p50/p90/p99/p99.9
 latency, the server side's CPU seconds per 1,000 requests and peak RSS (the
 process under test: the backend when direct, the proxy otherwise), and the load
 generator's own CPU; then the ratios gateway/floor and gateway/direct. Writes
-JSON (``--out``) and, when matplotlib is installed, a PNG chart (``--chart``).
-The floor backend and floor proxy come from ``shared/bench`` beside the repo
-(or ``$GATEWAY_BENCH_SHARED``).
+JSON and, when matplotlib is installed, a PNG chart: into a new folder
+``benchmarks/results/runs/<UTC time>/`` (gitignored), or with ``--save`` over the
+committed ``benchmarks/results/latest.json`` and ``latest.png`` (``--out`` and
+``--chart`` name the files outright). The floor backend and the floor proxy are
+``benchmarks/floor_backend.py`` and ``benchmarks/floor_proxy.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
 import json
 import os
 import pathlib
-import socket
+import re
+import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "runs"
 TARGETS = ("direct", "floor", "gateway")
 SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn")
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
+# The line every server of the harness prints once it accepts connections (the gateway's included).
+_READY = re.compile(rb"listening on http://\S+:(\d+)")
 
 
-def shared_bench() -> pathlib.Path:
-    """Where floor_backend.py and floor_proxy.py are."""
-    env = os.environ.get("GATEWAY_BENCH_SHARED")
-    for candidate in ([pathlib.Path(env)] if env else []) + [ROOT.parent / "shared" / "bench", ROOT / "shared" / "bench"]:
-        if (candidate / "floor_proxy.py").exists():
-            return candidate
-    raise SystemExit("cannot find shared/bench/floor_proxy.py: set GATEWAY_BENCH_SHARED")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def run_folder() -> pathlib.Path:
+    """A new folder ``benchmarks/results/runs/<UTC time>/`` for one run's files (a suffix if two runs share a second)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count(1):
+        folder = RUNS / (stamp if n == 1 else f"{stamp}-{n}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
+
+
+def output_folder(save: bool) -> pathlib.Path:
+    """Where a run's files go: the committed ``benchmarks/results/`` with ``--save``, else a new run folder."""
+    return RESULTS if save else run_folder()
+
+
+class Child:
+    """A process of the harness, started at once; ``ready()`` waits for its ``listening on`` line.
+
+    Its stderr goes to a temporary file, shown when it fails to start (a pipe nobody
+    reads could fill and block it).
+    """
+
+    def __init__(self, cmd: list[str], *, stdin: bool = False) -> None:
+        self.cmd = cmd
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr
+        )
+        self.pid = self.proc.pid
+        self._pending = b""
+
+    def line(self, pattern: re.Pattern[bytes], timeout: float) -> bytes:
+        """Read stdout up to the first line ``pattern`` matches, and return that line; RuntimeError (with
+        its stderr) if the process closes stdout first or ``timeout`` seconds pass."""
+        assert self.proc.stdout is not None
+        # The raw fd, not readline(): a buffered reader could hold the line while select() sees an empty pipe.
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        seen: list[bytes] = []
+        while (left := deadline - time.monotonic()) > 0:
+            while b"\n" in self._pending:
+                raw, self._pending = self._pending.split(b"\n", 1)
+                seen.append(raw)
+                if pattern.search(raw):
+                    return raw
+            if not select.select([fd], [], [], min(left, 1.0))[0]:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._pending += chunk
+        self.stderr.seek(0)
+        err = self.stderr.read().decode("utf-8", "replace")[-3000:]
+        raise RuntimeError(f"{self.cmd} did not print {pattern.pattern!r}: stdout={seen} stderr={err}")
+
+    def ready(self, timeout: float = 60.0) -> int:
+        """Wait for the ``listening on http://HOST:PORT`` line; the port. Its later output is read and dropped."""
+        match = _READY.search(self.line(_READY, timeout))
+        assert match is not None
+        port = int(match.group(1))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return port
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        while os.read(self.proc.stdout.fileno(), 65536):
+            pass
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
 
 
 def proc_cpu(pid: int) -> float:
@@ -81,6 +149,7 @@ def tree_cpu(pid: int) -> float:
 
 
 def proc_rss_kib(pid: int) -> int:
+    """Resident memory of a process now, in KiB."""
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
@@ -88,6 +157,7 @@ def proc_rss_kib(pid: int) -> int:
 
 
 def proc_peak_rss_kib(pid: int) -> int:
+    """Peak resident memory of a process so far (VmHWM), in KiB."""
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
@@ -95,56 +165,54 @@ def proc_peak_rss_kib(pid: int) -> int:
 
 
 class Stack:
-    """The processes of one scenario: backends, floor proxy, gateway."""
+    """The processes of one scenario: backends, floor proxy, gateway; every port chosen by the OS (port 0)."""
 
-    def __init__(self, scenario: str, bench: pathlib.Path, workdir: pathlib.Path, workers: int = 1) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self, scenario: str, workdir: pathlib.Path, workers: int = 1) -> None:
+        self.children: list[Child] = []
+        try:
+            self._start(scenario, workdir, workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, scenario: str, workdir: pathlib.Path, workers: int) -> None:
         many = scenario == "list_250"
         count = 5 if many else 1
-        self.backend_ports = [free_port() for _ in range(count)]
-        for port in self.backend_ports:
-            if many:
-                cmd = [sys.executable, "-m", "benchmarks.many_tools_backend", str(port), "--tools", "50"]
-            else:
-                cmd = [sys.executable, str(bench / "floor_backend.py"), str(port)]
-            self.backend = self.spawn(cmd)  # the first one is the direct target
-            wait_port(port)
-        self.backend = self.procs[0]
-        self.floor_port = free_port()
-        self.floor = self.spawn([sys.executable, str(bench / "floor_proxy.py"), str(self.floor_port), str(self.backend_ports[0])])
-        wait_port(self.floor_port)
+        if many:
+            cmd = [sys.executable, "-m", "benchmarks.many_tools_backend", "0", "--tools", "50"]
+        else:
+            cmd = [sys.executable, "-m", "benchmarks.floor_backend", "0"]
+        backends = [self.spawn(cmd) for _ in range(count)]  # started together, then waited for
+        self.backend_ports = [child.ready() for child in backends]
+        self.backend = backends[0]  # the direct target
         config = workdir / f"{scenario}.toml"
         names = [f"b{i}" for i in range(count)] if many else ["floor"]
         if scenario == "stdio":  # the gateway's backend is the floor backend's stdio twin, a child process
-            backends = f'[backends.floor]\ncommand = {sys.executable!r}\nargs = ["-m", "benchmarks.stdio_echo_backend"]\n'
-            backends += f"cwd = {str(ROOT)!r}\n"
+            backends_toml = f'[backends.floor]\ncommand = {sys.executable!r}\nargs = ["-m", "benchmarks.stdio_echo_backend"]\n'
+            backends_toml += f"cwd = {str(ROOT)!r}\n"
         else:
-            backends = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
-        config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends)
-        self.gateway_port = free_port()
-        self.gateway = self.spawn(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.gateway_port), "--log-level", "warning"]
-        )
-        wait_port(self.gateway_port)
-        self.workers_port = 0
-        if workers > 1:  # the same gateway as N SO_REUSEPORT processes, measured as one more target
-            self.workers_port = free_port()
-            self.workers = self.spawn(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.workers_port),
-                 "--log-level", "warning", "--workers", str(workers)]
-            )
-            wait_port(self.workers_port)
-        time.sleep(1.0)  # let the gateways build their catalogs
+            backends_toml = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
+        config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends_toml)
+        serve = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", "--log-level", "warning"]
+        self.floor = self.spawn([sys.executable, "-m", "benchmarks.floor_proxy", "0", str(self.backend_ports[0])])
+        # The gateway prints its line after its catalog is built (Gateway.start, then listen), so once it
+        # is read the gateway answers tools/call at once; with --workers, after every worker has.
+        self.gateway = self.spawn(serve)
+        self.workers: Child | None = self.spawn([*serve, "--workers", str(workers)]) if workers > 1 else None
+        self.floor_port = self.floor.ready()
+        self.gateway_port = self.gateway.ready()
+        self.workers_port = self.workers.ready() if self.workers is not None else 0
 
-    def spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        """Start one more process of the stack (stopped with the rest)."""
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
+    def spawn(self, cmd: list[str]) -> Child:
+        """Start one more process of the stack (stopped with the rest); call ``ready()`` on it for its port."""
+        child = Child(cmd)
+        self.children.append(child)
+        return child
 
-    def target(self, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+    def target(self, name: str) -> tuple[int, Child]:
         """(port, process under test) for a target."""
         if name.startswith("gateway_w"):
+            assert self.workers is not None
             return self.workers_port, self.workers
         return {
             "direct": (self.backend_ports[0], self.backend),
@@ -153,16 +221,16 @@ class Stack:
         }[name]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """Stop every process of the stack."""
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.terminate()  # all at once, then wait: their shutdowns overlap
+        for child in self.children:
+            child.stop()
 
 
 def body_for(scenario: str, target: str) -> str:
+    """The JSON-RPC request a scenario sends to a target (the gateway sees the tool by its namespaced name)."""
     if scenario == "list_250":
         return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     name = "floor__echo" if target.startswith("gateway") else "echo"
@@ -193,6 +261,7 @@ def load(port: int, scenario: str, concurrency: int, duration: float, mcp: bool)
 
 
 def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration: float) -> dict[str, Any]:
+    """One load against one target, with the CPU and peak RSS of the process under test."""
     port, proc = stack.target(target)
     cpu0 = tree_cpu(proc.pid)
     result = load(port, scenario, concurrency, duration, target.startswith("gateway"))
@@ -210,14 +279,16 @@ def measure_idle(stack: Stack, target: str, count: int) -> dict[str, Any]:
     if target.startswith("gateway"):
         cmd.append("--initialize")
     before = proc_rss_kib(proc.pid)
-    holder = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdin is not None
-    line = holder.stdout.readline()
-    time.sleep(0.5)
-    during = proc_rss_kib(proc.pid)
-    holder.stdin.close()
-    holder.wait(60)
-    info = json.loads(line) if line else {"idle_connections": 0}
+    holder = Child(cmd, stdin=True)
+    try:
+        # Printed once every connection has had its answer: the server holds all of them now.
+        info = json.loads(holder.line(re.compile(rb'"idle_connections"'), timeout=300.0))
+        during = proc_rss_kib(proc.pid)
+        assert holder.proc.stdin is not None
+        holder.proc.stdin.close()  # the holder lets its connections go when stdin closes
+        holder.proc.wait(60)
+    finally:
+        holder.stop()
     held = max(info["idle_connections"], 1)
     return {"rss_at_rest_mib": before / 1024, "rss_with_idle_mib": during / 1024,
             "kib_per_connection": (during - before) / held, "connections": info["idle_connections"]}
@@ -232,6 +303,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def progress(done: int, total: int, label: str) -> None:
+    """Redraw the progress bar on stderr."""
     width = 30
     filled = int(width * done / total)
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
@@ -239,20 +311,20 @@ def progress(done: int, total: int, label: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    bench = shared_bench()
+    """Every scenario, concurrency, round and target of ``args``; the results as saved in the JSON."""
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "scenarios": {}}
     targets = list(TARGETS) + ([f"gateway_w{args.workers}"] if args.workers > 1 else [])
     total = len(args.scenarios) * len(args.concurrency) * args.rounds * len(targets)
     done = 0
     with tempfile.TemporaryDirectory() as tmp:
         if args.idle:
-            stack = Stack("idle", bench, pathlib.Path(tmp))
+            stack = Stack("idle", pathlib.Path(tmp))
             try:
                 results["idle"] = {t: measure_idle(stack, t, args.idle) for t in ("floor", "gateway")}
             finally:
                 stack.stop()
         for scenario in args.scenarios:
-            stack = Stack(scenario, bench, pathlib.Path(tmp), args.workers)
+            stack = Stack(scenario, pathlib.Path(tmp), args.workers)
             try:
                 cells: dict[str, Any] = {}
                 for concurrency in args.concurrency:
@@ -344,19 +416,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="A B C repetitions per cell")
     parser.add_argument("--idle", type=int, default=0, help="also measure memory with this many idle connections")
     parser.add_argument("--workers", type=int, default=1, help="also measure the gateway with --workers N")
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.json")
-    parser.add_argument("--chart", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "latest.png")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/latest.json and latest.png (the committed files) instead of "
+                             "a new folder benchmarks/results/runs/<UTC time>/")
+    parser.add_argument("--out", type=pathlib.Path, help="write the JSON here (overrides --save for it)")
+    parser.add_argument("--chart", type=pathlib.Path, help="write the chart here (default: beside the JSON)")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
     results = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    # The folder is made only now: a run that failed leaves none behind.
+    out = args.out or output_folder(args.save) / "latest.json"
+    chart_path = args.chart or out.with_name(out.stem + ".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
     print(table(results))
-    if chart(results, args.chart):
-        print(f"chart: {args.chart}")
-    print(f"json: {args.out}")
+    if chart(results, chart_path):
+        print(f"chart: {chart_path}")
+    print(f"json: {out}")
     return 0
 
 
