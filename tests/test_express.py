@@ -320,20 +320,22 @@ async def test_a_released_connection_goes_to_the_request_waiting_in_line() -> No
         while backend.calls < 1:
             await asyncio.sleep(0.01)
         second = asyncio.ensure_future(http.request("tools/call", params, era="handshake"))
-        while not http._waiters:
+        while not http.pool.waiters:
             await asyncio.sleep(0.01)
         express: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         taken: list[bool] = []
-        release = http._release
+        release = http.pool.release
 
         def release_then_express(conn: Any) -> None:
             release(conn)
             if not taken:  # once: the first release, while the second request waits
-                taken.append(http.express(
-                    "tools/call", params, Ticket(), lambda m: None, lambda answer, error, retry: express.set_result(answer)
-                ))
+                taken.append(http.express_ready())
+                if taken[0]:
+                    http.express(
+                        "tools/call", params, Ticket(), lambda m: None, lambda answer, error, retry: express.set_result(answer)
+                    )
 
-        http._release = release_then_express  # type: ignore[method-assign]
+        http.pool.release = release_then_express  # type: ignore[method-assign]
         answers = [await first, await second, await express]
         await http.stop()
     assert [json.loads(bytes(a.result)) for a in answers] == [{"n": 1}, {"n": 2}, {"n": 3}]
