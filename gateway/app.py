@@ -20,6 +20,7 @@ from gateway.catalog.aggregate import CHANGE_NOTIFICATIONS, Catalog
 from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.front.sessions import Session, SessionStore
+from gateway.policy.admission import Admission
 from gateway.server.api import Reply, Request
 
 __all__ = ["Gateway"]
@@ -44,7 +45,8 @@ def _worker_secret() -> bytes | None:
 class Gateway:
     """Everything behind the listener, built from one ``Config``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, admission: Admission | None = None) -> None:
+        """``admission``: the admission chain every routed request passes (default: admit all)."""
         self.config = config
         timeout = config.gateway.request_timeout
         self.backends: dict[str, Backend] = {
@@ -63,7 +65,7 @@ class Gateway:
             list_timeout=config.gateway.list_timeout,
             on_change=self._catalog_changed,
         )
-        self.front = McpFront(config, self.catalog, self.sessions)
+        self.front = McpFront(config, self.catalog, self.sessions, admission)
         self.front.on_backend_notification = self._backend_notification
         # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express

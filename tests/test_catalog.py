@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,9 +64,23 @@ def front(**server: object) -> McpFront:
     ],
 )
 def test_dns_rebinding_allow_lists(server: dict, headers: dict, ok: bool) -> None:
-    f = front(**server)
-    if ok:
-        f._check_dns_rebinding(headers)
-    else:
-        with pytest.raises(Forbidden):
-            f._check_dns_rebinding(headers)
+    gate = front(**server).gate
+    for _ in range(2):  # the second time from the verdict cache
+        error, principal = gate.check(SimpleNamespace(method="GET", headers=headers))  # type: ignore[arg-type]
+        assert principal is None
+        if ok:
+            assert error is None
+        else:
+            assert isinstance(error, Forbidden)
+
+
+def test_the_gate_never_lets_a_refused_header_set_through_after_a_passing_one() -> None:
+    gate = front().gate
+    good = SimpleNamespace(method="POST", headers={"host": "localhost", "content-type": "application/json", "accept": "*/*"})
+    evil = SimpleNamespace(method="POST", headers={**good.headers, "host": "evil.example"})
+    bad_type = SimpleNamespace(method="POST", headers={**good.headers, "content-type": "text/plain"})
+    for request, status in [(good, None), (evil, 421), (good, None), (bad_type, 415), (evil, 421), (good, None)]:
+        error, _ = gate.check(request)  # type: ignore[arg-type]
+        assert (error.http_status if error is not None else None) == status
+    # The same header values under another method are another verdict: GET has no media-type checks.
+    assert gate.check(SimpleNamespace(method="GET", headers=bad_type.headers))[0] is None  # type: ignore[arg-type]

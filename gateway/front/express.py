@@ -9,15 +9,22 @@ not the forwarding, is most of the latency the gateway adds
 (``benchmarks/README.md``, "Latency at c=1").
 
 ``ExpressLane`` is called by the HTTP protocol straight from its read callback.
-It either takes the request (returns True: it is sent upstream now and answered
-from the backend connection's read callback), or declines (returns False)
-*before doing anything*, and the general path serves it as before. It declines
-whenever anything is not plain: another method or era, an unchecked or refused
-header set, a missing session, a ``_meta`` (progress tokens need remapping), an
-unknown name, a backend that is not HTTP or not ready, per-client sessions, a
-pool that has no idle connection but room to open one (the general path
-connects). With the pool full the call waits in the pool's line, still without a
-task, and is sent when a connection comes back.
+It either takes the request (returns True: it is admitted and sent upstream now,
+and answered from the backend connection's read callback), or declines (returns
+False) *before admission and before doing anything*, and the general path
+serves it as before. It declines whenever anything is not plain: another method
+or era, a header set the gate refuses, a missing session, a ``_meta`` (progress
+tokens need remapping), an unknown name, a backend that cannot take the fast
+send now (``Backend.express_ready``: not HTTP, not ready, per-client sessions, a
+pool with no idle connection but room to open one). With the pool full the call
+waits in the pool's line, still without a task, and is sent when a connection
+comes back.
+
+The lane uses the same parts as the general path: the header gate
+(``gateway.front.gate``), ``Routing.resolve`` and ``Routing.admit`` (the one
+admission call; a refusal or a local answer is sent at once), the client stream
+(``gateway.front.streams``) and the answers (``gateway.front.answers``). After
+admission it never declines, so nothing admitted is admitted twice.
 
 Once taken, the call behaves as the general path would: the same upstream
 request, the same ticket for ``notifications/cancelled``, the same SSE switch
@@ -38,16 +45,19 @@ import msgspec
 
 from gateway.backends.base import RequestCancelled
 from gateway.errors import GatewayError, InternalError, error_body
+from gateway.front.answers import JSON_HEADERS, request_failed, send_error, translate
+from gateway.front.routing import Answered
+from gateway.front.streams import ClientStream
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_envelope, decode_params, encode, response_bytes
 from gateway.protocol.versions import HANDSHAKE_VERSIONS
-from gateway.front.sessions import RequestContext
 from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES
 
 if TYPE_CHECKING:
     from gateway.backends.base import Backend
-    from gateway.front.endpoint import McpFront, _ClientStream
+    from gateway.front.endpoint import McpFront
     from gateway.front.sessions import Session
+    from gateway.policy.admission import Route
 
 __all__ = ["ExpressLane"]
 
@@ -63,17 +73,16 @@ _retries: set[asyncio.Task[None]] = set()
 class ExpressLane:
     """``lane(request, reply) -> bool``: take and start the request, or decline untouched."""
 
-    __slots__ = ("front", "path", "verdicts", "passed", "sessions", "catalog", "slow_calls", "keepalive")
+    __slots__ = ("front", "path", "gate", "sessions", "routing", "slow_calls", "keepalive")
 
     def __init__(self, front: McpFront) -> None:
         self.front = front
         self.path = front.path
-        self.verdicts = front._verdicts
-        self.passed: tuple[str | None, ...] | None = None  # the last header set whose verdict was "fine"
+        self.gate = front.gate
         self.sessions = front.sessions
-        self.catalog = front.catalog
-        self.slow_calls = front._slow_calls
-        self.keepalive = front._keepalive
+        self.routing = front.routing
+        self.slow_calls = front.slow_calls
+        self.keepalive = front.keepalive
 
     def __call__(self, request: Request, reply: Reply) -> bool:
         if request.method != "POST" or request.path != self.path:
@@ -83,35 +92,45 @@ class ExpressLane:
         version = headers.get("mcp-protocol-version")
         if session_id is None or (version is not None and version not in _HANDSHAKE):
             return False
-        # The verdict the general path cached for these header values: only "checked, fine" passes.
-        key = ("POST", headers.get("host"), headers.get("origin"), headers.get("content-type"), headers.get("accept"))
-        # Clients repeat one header set, and a verdict never changes: comparing with the last
-        # set that passed is cheaper than hashing its fresh strings for the dict.
-        if key != self.passed:
-            if self.verdicts.get(key, key) is not None:
-                return False
-            self.passed = key
+        error, principal = self.gate.check(request)
+        if error is not None:
+            return False  # the general path answers the refusal
         try:
             msg = decode_envelope(request.body)
             if msg.method != "tools/call" or msg.id is UNSET or msg.params is UNSET or msg.jsonrpc != "2.0":
                 return False
             params = decode_params(msg.params)  # type: ignore[arg-type]
             name = _decode_name(params["name"])
+            if "_meta" in params:
+                return False
+            route = self.routing.resolve("tool", name)
         except _DECODE_ERRORS:
             return False  # the general path gives the precise error
-        if "_meta" in params:
-            return False
-        route = self.catalog.snapshot.router.resolve_tool(name)
-        if route is None:
-            return False
+        except GatewayError:
+            return False  # an unknown name: the general path answers it
         session = self.sessions.get(session_id)
         if session is None:
             return False
-        backend, original = route
-        params["name"] = Raw(encode(original))
-        call = _Call(self.front, msg, session, backend, reply, Raw(encode(params)))
-        if not backend.express(msg.method, call.params, call, call.send, call.answered):  # type: ignore[arg-type]
+        first = route[0]
+        if not first.express_ready():
             return False
+        # The last decline is behind us: admit, once, and from here on answer whatever happens.
+        ctx = session.context
+        ctx.principal = principal
+        try:
+            backend, original = route = self.routing.admit(ctx, "tools/call", name, route, params)
+        except GatewayError as err:
+            _refused(reply, msg, err)
+            return True
+        except Answered as local:
+            reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, local.result))  # type: ignore[arg-type]
+            return True
+        params["name"] = Raw(encode(original))
+        call = _Call(self.front, msg, session, route, name, reply, Raw(encode(params)))
+        if backend is not first and not backend.express_ready():
+            call.answered(None, None, True)  # rerouted by admission to a busy backend: the general send takes it
+        else:
+            backend.express(msg.method, call.params, call, call.send, call.answered)  # type: ignore[arg-type]
         # As the general path: a long call switches to SSE keep-alive comments, and the
         # client's notifications/cancelled finds the call by its id.
         self.slow_calls.add(call, self.keepalive, _Call.keep_alive, call)
@@ -119,24 +138,37 @@ class ExpressLane:
         return True
 
 
+def _refused(reply: Reply, msg: Message, err: GatewayError) -> None:
+    """Admission refused the call: its error now, as the general path sends it."""
+    body = request_failed(msg, reply, err)
+    if body is not None:
+        reply.send(200, JSON_HEADER_LINES, body)
+
+
 class _Call:
     """One express call in flight, and its own ``Ticket`` (``upstream_id``, ``handle``).
 
-    The ``_ClientStream`` that turns progress, log lines, server requests and
+    The ``ClientStream`` that turns progress, log lines, server requests and
     keep-alive comments into SSE is made only when one of those happens: a call
     answered with plain JSON never needs it.
     """
 
-    __slots__ = ("front", "msg", "session", "backend", "reply", "params", "stream", "upstream_id", "handle")
+    __slots__ = (
+        "front", "msg", "session", "backend", "route", "name", "reply", "params", "stream", "upstream_id", "handle",
+    )
 
-    def __init__(self, front: McpFront, msg: Message, session: Session, backend: Backend, reply: Reply, params: Raw) -> None:
+    def __init__(
+        self, front: McpFront, msg: Message, session: Session, route: Route, name: str, reply: Reply, params: Raw
+    ) -> None:
         self.front = front
         self.msg = msg
         self.session = session
-        self.backend = backend
+        self.backend: Backend = route[0]
+        self.route = route
+        self.name = name  # as exposed, for the outcome hook
         self.reply = reply
         self.params = params  # as sent upstream, for a retry
-        self.stream: _ClientStream | None = None
+        self.stream: ClientStream | None = None
         self.upstream_id: Any = None
         self.handle: Any = None
 
@@ -146,15 +178,12 @@ class _Call:
 
     def keep_alive(self) -> None:
         """Deadline callback: the call is slow; SSE keep-alive comments from now on."""
-        self._client_stream().keep_alive(self.front._keepalive)
+        self._client_stream().keep_alive(self.front.keepalive)
 
-    def _client_stream(self) -> _ClientStream:
+    def _client_stream(self) -> ClientStream:
         stream = self.stream
         if stream is None:
-            from gateway.front.endpoint import _ClientStream  # the front imports this module
-
-            ctx = RequestContext("handshake", self.session.protocol_version, self.session)
-            stream = self.stream = _ClientStream(self.front, self.reply, self.backend, ctx, None)
+            stream = self.stream = ClientStream(self.front.forwarder, self.reply, self.backend, self.session.context, None)
         return stream
 
     def answered(self, answer: Message | None, error: BaseException | None, retry: bool) -> None:
@@ -165,8 +194,12 @@ class _Call:
             task.add_done_callback(_retries.discard)
             return
         msg, stream = self.msg, self.stream
-        self.front._slow_calls.discard(self)
+        self.front.slow_calls.discard(self)
         self.session.inflight.pop(msg.id, None)
+        admission = self.front.admission
+        if admission.observes_outcomes:
+            ctx = self.session.context
+            admission.outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error)  # type: ignore[arg-type]
         try:
             if stream is None and error is None and answer.result is not UNSET:  # type: ignore[union-attr]
                 # The common answer, inline: the result's bytes with the client's id.
@@ -180,7 +213,7 @@ class _Call:
             if stream is not None and stream.started:
                 self.reply.end()
             else:
-                self.front._send_error(self.reply, msg.id, InternalError("internal gateway error"))
+                send_error(self.reply, msg.id, InternalError("internal gateway error"))
 
     async def _again(self) -> None:
         """The general path's send, with its own retries (a new connection, a new session)."""
@@ -194,7 +227,7 @@ class _Call:
             self.answered(answer, None, False)
 
     def _answer(self, answer: Message | None, error: BaseException | None) -> None:
-        front, msg, reply = self.front, self.msg, self.reply
+        msg, reply = self.msg, self.reply
         started = self.stream is not None and self.stream.started
         if isinstance(error, RequestCancelled):
             # The client cancelled: it expects no JSON-RPC response.
@@ -209,15 +242,14 @@ class _Call:
             if started:
                 self._client_stream().finish(error_body(msg.id, error))
                 return
-            body: bytes | None = front._request_failed(msg, reply, error)
+            body: bytes | None = request_failed(msg, reply, error)
             status = 200
         else:
             assert answer is not None
             if answer.result is not UNSET:
                 body, status = response_bytes(msg.id, answer.result), 200  # type: ignore[arg-type]
             else:
-                ctx = RequestContext("handshake", self.session.protocol_version, self.session)
-                body, status = front._translate(msg, ctx, "handshake", answer)
+                body, status = translate(msg, self.session.context, "handshake", answer)
         if body is None:
             return
         if started:
@@ -225,4 +257,4 @@ class _Call:
         elif status == 200:
             reply.send(200, JSON_HEADER_LINES, body)  # type: ignore[arg-type]
         else:
-            reply.send(status, (("content-type", "application/json"),), body)
+            reply.send(status, JSON_HEADERS, body)

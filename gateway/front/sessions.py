@@ -33,7 +33,7 @@ class Session:
 
     __slots__ = (
         "id", "protocol_version", "client_capabilities", "client_info", "last_seen", "stream", "initialized",
-        "inflight", "subscriptions", "log_level",
+        "inflight", "subscriptions", "log_level", "context",
     )
 
     def __init__(self, session_id: str, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> None:
@@ -52,6 +52,14 @@ class Session:
         self.subscriptions: set[str] = set()
         # Set by logging/setLevel: log notifications below it are not sent to this client.
         self.log_level: str | None = None
+        # What every request of this session tells the layers below (one object per session,
+        # not per request: nothing in it changes per request in the handshake era).
+        self.context = RequestContext("handshake", protocol_version, self)
+
+    def set_log_level(self, level: str) -> None:
+        """``logging/setLevel``: this session's least severe log level from now on."""
+        self.log_level = level
+        self.context.log_level = level
 
 
 class RequestContext:
@@ -63,7 +71,7 @@ class RequestContext:
 
     __slots__ = (
         "era", "protocol_version", "session", "session_key", "capabilities", "client_info", "headers", "log_level",
-        "params", "meta",
+        "params", "meta", "principal",
     )
 
     def __init__(
@@ -94,6 +102,8 @@ class RequestContext:
         # decoded, so routing does not decode them again. ``params`` is taken once.
         self.params: dict[str, Any] | None = None
         self.meta: dict[str, Any] | None = None
+        # Who is calling, as the header gate said (None until authentication exists).
+        self.principal: Any = None
 
 
 class SessionStore:

@@ -1,0 +1,151 @@
+"""Routing and admission: from an exposed name to an admitted ``(backend, name)``.
+
+Every routed request, in both eras, both fronts and both paths, goes through
+``Routing``: ``resolve`` finds the route of an exposed name (the catalog's
+routing table, then the passthrough fallback) or raises the unknown-name
+error; ``admit`` calls ``Admission.admit`` exactly once and applies what it
+decided. ``route`` is the two together, for the general path; the express
+lane calls them apart, because it must make its last decline (is the backend
+free for the fast send?) after resolving and before admitting.
+
+A request's params are handled as ``{key: raw JSON}``: only the routing key
+(``name``, ``uri`` or ``ref``) is decoded; the arguments stay bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.errors import InvalidParams, ResourceNotFound
+from gateway.policy.admission import Admission, Route
+from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, decode_params, encode
+
+if TYPE_CHECKING:
+    from gateway.catalog.aggregate import Catalog
+    from gateway.front.sessions import RequestContext
+    from gateway.protocol.jsonrpc import Message
+
+__all__ = ["ROUTED", "Answered", "Routing", "params_raw", "params_with"]
+
+ROUTED: dict[str, tuple[str, str]] = {
+    "tools/call": ("name", "tool"),
+    "prompts/get": ("name", "prompt"),
+    "resources/read": ("uri", "resource"),
+    "resources/subscribe": ("uri", "resource"),
+    "resources/unsubscribe": ("uri", "resource"),
+}
+"""Routed method -> (the params key it is routed by, the kind of item). ``completion/complete``
+is routed by its ``ref`` (``Routing.route_ref``)."""
+
+_decode_str = msgspec.json.Decoder(str).decode
+
+
+class Answered(Exception):
+    """Raised by ``Routing.admit`` when admission answered locally with a result (a cache hit):
+    ``result`` is the raw result, to be sent with the client's id."""
+
+    def __init__(self, result: Raw | bytes) -> None:
+        super().__init__("answered by admission")
+        self.result = result
+
+
+class Routing:
+    """Name resolution and the one admission call of each routed request."""
+
+    __slots__ = ("catalog", "admission", "passthrough")
+
+    def __init__(self, catalog: Catalog, admission: Admission, passthrough: bool) -> None:
+        self.catalog = catalog
+        self.admission = admission
+        self.passthrough = passthrough
+        """``[gateway] passthrough``: the only backend answers for names it did not list."""
+
+    def resolve(self, kind: str, value: str, ctx: RequestContext | None = None) -> Route:
+        """The route of an exposed tool, prompt or resource name, or the unknown-name error
+        (-32602; -32002 for a resource in the handshake era). ``ctx`` None: handshake era."""
+        router = self.catalog.snapshot.router
+        if kind == "tool":
+            route = router.resolve_tool(value)
+        elif kind == "prompt":
+            route = router.resolve_prompt(value)
+        else:
+            route = router.resolve_uri(value)
+        if route is not None:
+            return route
+        if self.passthrough and self.catalog.backends:
+            # Passthrough: the backend answers for names it did not list, as it would directly.
+            return (next(iter(self.catalog.backends.values())), value)
+        key = "name" if kind != "resource" else "uri"
+        if kind == "resource" and (ctx is None or ctx.era == "handshake"):
+            raise ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
+        raise InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
+
+    def admit(self, ctx: RequestContext, method: str, name: str, route: Route, params: dict[str, Raw]) -> Route:
+        """Admit one resolved request: the route to send it on (``params`` rewritten in place
+        when admission says so). Raises the refusal (a ``GatewayError``) or ``Answered``."""
+        admission = self.admission
+        verdict = admission.admit(ctx.principal, ctx, method, name, route, params)
+        if verdict is None:
+            return route
+        if verdict.error is not None or verdict.result is not None:
+            if admission.observes_outcomes:
+                admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error)
+            if verdict.error is not None:
+                raise verdict.error
+            raise Answered(verdict.result)  # type: ignore[arg-type]
+        if verdict.params is not None:
+            params.clear()
+            params.update(verdict.params)
+        return verdict.route if verdict.route is not None else route
+
+    def route(self, ctx: RequestContext, method: str, kind: str, value: str, params: dict[str, Raw]) -> Route:
+        """``resolve`` then ``admit``: the general path's one call per routed request."""
+        return self.admit(ctx, method, value, self.resolve(kind, value, ctx), params)
+
+    def route_ref(self, ctx: RequestContext, params: dict[str, Raw]) -> Route:
+        """``completion/complete``: routed by ``params.ref`` (a prompt name or a resource
+        template URI), admitted, and ``ref`` rewritten to the backend's own name."""
+        ref = decode_any(params["ref"])
+        if not isinstance(ref, dict):
+            raise InvalidParams("params.ref must be an object")
+        key = "name" if ref.get("type") == "ref/prompt" else "uri"
+        value = ref.get(key)
+        if not isinstance(value, str):
+            raise InvalidParams(f"params.ref.{key} must be a string")
+        router = self.catalog.snapshot.router
+        route = router.resolve_prompt(value) if key == "name" else router.resolve_uri(value)
+        if route is None:
+            raise InvalidParams(f"unknown completion target: {value}", reason="unknown_ref", data={key: value})
+        route = self.admit(ctx, "completion/complete", value, route, params)
+        params["ref"] = Raw(encode({**ref, key: route[1]}))
+        return route
+
+
+def params_raw(msg: Message, key: str, ctx: RequestContext | None = None) -> tuple[dict[str, Raw], Raw]:
+    """Params as ``{key: raw}`` (decoded already by the envelope checks, if ``ctx`` has them),
+    and the raw value under ``key``; -32602 when there is no such key."""
+    if msg.params is UNSET:
+        raise InvalidParams(f"params.{key} is required")
+    try:
+        if ctx is not None and ctx.params is not None:
+            params, ctx.params = ctx.params, None
+        else:
+            params = decode_params(msg.params)
+        return params, params[key]
+    except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
+        raise InvalidParams(f"params must be an object with {key!r}") from None
+
+
+def params_with(msg: Message, key: str, ctx: RequestContext | None = None) -> tuple[dict[str, Raw], str]:
+    """Params as ``{key: raw}`` plus the decoded string under ``key``."""
+    params, raw = params_raw(msg, key, ctx)
+    try:
+        value: Any = _decode_str(raw)
+    except msgspec.ValidationError:
+        raise InvalidParams(f"params.{key} must be a string") from None
+    except msgspec.DecodeError:
+        raise InvalidParams(f"params must be an object with a string {key!r}") from None
+    return params, value
+
