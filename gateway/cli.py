@@ -2,11 +2,14 @@
 
     mcp-gateway serve [--config FILE] [--host HOST] [--port PORT] [--workers N]
     mcp-gateway check FILE
+    mcp-gateway stdio [--config FILE]
 
 ``FILE`` is a TOML config or a Claude/Cursor style ``mcp.json``. ``serve`` with
 no config runs the bundled demo. ``--port 0`` picks a free port; the address
 is printed on one line, ``mcp-gateway listening on http://HOST:PORT/PATH``,
-so scripts can find it.
+so scripts can find it. ``stdio`` serves the same aggregate to one client over
+stdin/stdout (newline-delimited JSON-RPC), for clients that spawn MCP servers;
+it prints nothing but JSON-RPC on stdout and logs to stderr.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (the bundled demo when no --config is given)")
     serve.add_argument("--config", "-c", metavar="FILE", help="TOML config or mcp.json")
     serve.add_argument("--host", help="address to listen on (overrides the config)")
-    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
+    serve.add_argument("--port", type=_port, help="port to listen on, 0 for any free one (overrides the config)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config file and print what would run")
     check.add_argument("file", metavar="FILE")
+    stdio = sub.add_parser("stdio", help="serve one client over stdin/stdout (the bundled demo when no --config)")
+    stdio.add_argument("--config", "-c", metavar="FILE", help="TOML config or mcp.json")
+    stdio.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.server.listener import install_uvloop
 
     install_uvloop()
+    if args.command == "stdio":
+        return _stdio(args)
     if args.workers > 1:
         return _serve_workers(args)
     try:
@@ -78,9 +86,21 @@ def _serve_workers(args: argparse.Namespace) -> int:
         return 130
 
 
-def _check(path: str) -> int:
+def _port(text: str) -> int:
+    """``--port``'s value: 0..65535 (a larger number would wrap around in the socket layer)."""
     try:
-        config = load_config(path)
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range (0..65535)")
+    return port
+
+
+def _check(path: str) -> int:
+    """Validate like ``serve`` does, and also what this machine must provide (stdio commands, cwd)."""
+    try:
+        config = load_config(path, check_environment=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -156,3 +176,41 @@ async def _serve(args: argparse.Namespace) -> int:
             demo_proc.terminate()
             await demo_proc.wait()
     return 0
+
+
+def _stdio(args: argparse.Namespace) -> int:
+    from gateway.front.stdio import claim_stdout
+
+    out_fd = claim_stdout()  # from here on fd 1 and print() go to stderr: stdout is JSON-RPC only
+    try:
+        return asyncio.run(_run_stdio(args, out_fd))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run_stdio(args: argparse.Namespace, out_fd: int) -> int:
+    from gateway.app import Gateway
+    from gateway.front.stdio import serve_stdio
+
+    demo_proc = None
+    try:
+        if args.config:
+            config = load_config(args.config)
+        else:
+            from gateway.demo import DemoUnavailable, start_demo
+
+            try:
+                config, demo_proc = await start_demo(Config().server)
+            except DemoUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            log.info("no --config given: running the bundled demo (backends 'notes' over stdio, 'time' over HTTP)")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await serve_stdio(Gateway(config), stdout_fd=out_fd)
+    finally:
+        if demo_proc is not None and demo_proc.returncode is None:
+            demo_proc.terminate()
+            await demo_proc.wait()

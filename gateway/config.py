@@ -1,10 +1,14 @@
 """The gateway's configuration: TOML (or a Claude/Cursor ``mcp.json``) decoded
 into frozen msgspec Structs.
 
-Every option has a docstring here; an unknown or mistyped key is an error that
-names the key and its line. ``${VAR}`` in any string is replaced by the
-environment variable VAR (``${VAR:-default}`` gives a default); a missing
-variable without a default is an error.
+Every option has a docstring here, and its type carries its constraints
+(``msgspec.Meta``: ranges, patterns), so decoding is most of the validation;
+what a type cannot say (one of ``url``/``command``, a URL that parses, unique
+namespaces) is checked after. Any problem is a ``ConfigError`` of one line that
+names the key and its line: ``gateway.toml:7: 'backends.docs.url': ...``.
+``${VAR}`` in any string is replaced by the environment variable VAR
+(``${VAR:-default}`` gives a default); a missing variable without a default is
+an error.
 
 Example::
 
@@ -18,67 +22,111 @@ Example::
     [backends.files]
     command = "npx"
     args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]
-    session = "per-client"
+    roots = ["file:///srv"]
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
-__all__ = ["BackendConfig", "Config", "ConfigError", "GatewayConfig", "ServerConfig"]
+__all__ = ["BackendConfig", "Config", "ConfigError", "GatewayConfig", "RootConfig", "ServerConfig"]
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the message names the key and line."""
+    """A config file that cannot be used; the message (one line) names the key and line."""
 
 
-class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+# -- value constraints, shared by the tables ------------------------------------------------------
+
+_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+_SEPARATOR = r"^[A-Za-z0-9_-]+$"
+_PATH = r"^/[^\s?#]*$"
+_HOST = r"^[A-Za-z0-9._:%-]+$"
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+_HEADER_VALUE = r"^[\t\x20-\x7e\x80-\xff]*$"
+_NO_NUL = r"^[^\x00]*$"
+_COMMAND = r"^[^\x00]+$"
+_ENV_NAME = r"^[^=\x00]+$"
+_FILE_URI = r"^file://"
+
+# What a value that does not match each pattern is told.
+_PATTERN_HINTS = {
+    _NAME: "must be 1 to 32 characters of A-Z a-z 0-9 _ -",
+    _SEPARATOR: "must be one or more of A-Z a-z 0-9 _ -",
+    _PATH: "must start with '/' and have no spaces, '?' or '#'",
+    _HOST: "must be an IP address or a host name",
+    _HEADER_NAME: "must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)",
+    _HEADER_VALUE: "must be one line of printable characters (no line breaks or control characters)",
+    _NO_NUL: "must not contain a NUL character",
+    _COMMAND: "must be a program name or path (not empty, no NUL character)",
+    _ENV_NAME: "must be a variable name (not empty, no '=' or NUL character)",
+    _FILE_URI: "must be a file:// URI",
+}
+
+_Port = Annotated[int, Meta(ge=0, le=65535)]
+_Seconds = Annotated[float, Meta(gt=0)]
+_Count = Annotated[int, Meta(ge=1)]
+_Name = Annotated[str, Meta(pattern=_NAME)]
+_Text = Annotated[str, Meta(pattern=_NO_NUL)]
+_HeaderValue = Annotated[str, Meta(pattern=_HEADER_VALUE)]
+_FileUri = Annotated[str, Meta(pattern=_FILE_URI)]
+
+_URL_SCHEMES = ("http",)
+"""Backend URL schemes the HTTP backend speaks."""
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config table: immutable, keyword-only, and an unknown key is an error."""
+
+
+class ServerConfig(_Table):
     """``[server]``: the listener and its limits."""
 
-    host: str = "127.0.0.1"
-    """Address to listen on."""
-    port: int = 8080
-    """TCP port; 0 picks a free one (the chosen address is printed at startup)."""
-    path: str = "/mcp"
-    """The MCP endpoint's path."""
-    max_body_bytes: int = 4 * 1024 * 1024
+    host: Annotated[str, Meta(pattern=_HOST)] = "127.0.0.1"
+    """Address to listen on (an IP address or a host name)."""
+    port: _Port = 8080
+    """TCP port, 0..65535; 0 picks a free one (the chosen address is printed at startup)."""
+    path: Annotated[str, Meta(pattern=_PATH)] = "/mcp"
+    """The MCP endpoint's path; starts with ``/``."""
+    max_body_bytes: _Count = 4 * 1024 * 1024
     """Largest request body accepted; larger gets 413."""
-    max_header_bytes: int = 16 * 1024
+    max_header_bytes: _Count = 16 * 1024
     """Largest header section (request line + headers); larger gets 431."""
-    max_headers: int = 100
+    max_headers: _Count = 100
     """Most header lines in one request; more gets 431."""
-    max_url_bytes: int = 8 * 1024
+    max_url_bytes: _Count = 8 * 1024
     """Longest request target; longer gets 414."""
-    header_timeout: float = 10.0
+    header_timeout: _Seconds = 10.0
     """Seconds a client may take to send a request's headers (then 408 and close)."""
-    idle_timeout: float = 75.0
+    idle_timeout: _Seconds = 75.0
     """Seconds an idle keep-alive connection is kept open."""
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: _Seconds = 10.0
     """On SIGTERM/SIGINT, seconds requests in flight get to finish."""
     allowed_origins: list[str] = []
     """Origins allowed besides localhost ones (DNS-rebinding protection). ``"*"`` allows any."""
     allowed_hosts: list[str] = []
     """Host header values allowed besides localhost ones and the bind address. ``"*"`` allows any."""
-    session_idle_timeout: float = 3600.0
+    session_idle_timeout: _Seconds = 3600.0
     """Seconds after which an unused front session expires (then 404)."""
-    sse_keepalive: float = 15.0
+    sse_keepalive: _Seconds = 15.0
     """Seconds between SSE keep-alive comments on idle GET streams."""
 
 
-class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class GatewayConfig(_Table):
     """``[gateway]``: aggregation and routing."""
 
-    separator: str = "__"
-    """Between namespace and name: ``docs__search``."""
+    separator: Annotated[str, Meta(pattern=_SEPARATOR)] = "__"
+    """Between namespace and name: ``docs__search``. One or more of A-Z a-z 0-9 _ -."""
     passthrough: bool = False
-    """Mount the single backend with no prefix (requires exactly one backend)."""
-    page_size: int = 100
+    """Mount the single backend with no prefix (requires exactly one enabled backend)."""
+    page_size: _Count = 100
     """Items per page of the aggregated lists."""
-    request_timeout: float = 60.0
+    request_timeout: _Seconds = 60.0
     """Default seconds a backend gets to answer a request."""
-    list_timeout: float = 5.0
+    list_timeout: _Seconds = 5.0
     """Seconds a backend gets to answer a list request while building the catalog."""
     express: bool = True
     """Answer the common call (a handshake-era ``tools/call`` in a known session, to a ready
@@ -86,148 +134,535 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     latency. ``false``: every request takes the general path (same answers, more latency)."""
 
 
-class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class RootConfig(_Table):
+    """One entry of a backend's ``roots`` written as a table: ``{ uri = "file:///srv", name = "srv" }``."""
+
+    uri: _FileUri
+    """The root, a ``file://`` URI."""
+    name: str | None = None
+    """A name for it that the server may show."""
+
+
+class BackendConfig(_Table):
     """``[backends.NAME]``: one MCP server. Give ``url`` (HTTP) or ``command`` (stdio)."""
 
     url: str | None = None
-    """Streamable HTTP endpoint of the server."""
-    headers: dict[str, str] = {}
+    """Streamable HTTP endpoint of the server: ``http://HOST[:PORT]/PATH``."""
+    headers: dict[Annotated[str, Meta(pattern=_HEADER_NAME)], _HeaderValue] = {}
     """Static headers sent to an HTTP backend (never the client's credentials)."""
-    bearer_token: str | None = None
+    bearer_token: _HeaderValue | None = None
     """Sent as ``Authorization: Bearer ...`` to an HTTP backend."""
-    command: str | None = None
-    """Program to spawn for a stdio backend."""
-    args: list[str] = []
+    command: Annotated[str, Meta(pattern=_COMMAND)] | None = None
+    """Program to spawn for a stdio backend: a name looked up on ``PATH``, or a path."""
+    args: list[_Text] = []
     """Its arguments."""
-    env: dict[str, str] = {}
+    env: dict[Annotated[str, Meta(pattern=_ENV_NAME)], _Text] = {}
     """Extra environment variables for the process."""
-    cwd: str | None = None
+    cwd: _Text | None = None
     """Working directory for the process."""
-    namespace: str | None = None
-    """Prefix for this backend's names; defaults to the backend's name."""
+    namespace: _Name | None = None
+    """Prefix for this backend's names (1-32 of A-Z a-z 0-9 _ -); defaults to the backend's name."""
     session: Literal["shared", "per-client"] = "shared"
     """``shared``: one upstream session for all clients. ``per-client``: one per front session."""
-    connect_timeout: float = 10.0
+    connect_timeout: _Seconds = 10.0
     """Seconds to connect (HTTP) or to start and initialize (stdio)."""
-    request_timeout: float | None = None
+    request_timeout: _Seconds | None = None
     """Seconds a request may take; defaults to ``[gateway] request_timeout``."""
-    pool_size: int = 64
+    pool_size: _Count = 64
     """Most keep-alive connections to an HTTP backend."""
-    restart_initial_delay: float = 0.5
+    restart_initial_delay: _Seconds = 0.5
     """First delay before restarting a dead stdio process (doubles each time)."""
-    restart_max_delay: float = 30.0
+    restart_max_delay: _Seconds = 30.0
     """Longest delay between restarts."""
     enabled: bool = True
     """Set false to keep a backend in the file but not run it."""
+    roots: list[_FileUri | RootConfig] | None = None
+    """The answer to the server's ``roots/list``: ``file://`` URIs (``"file:///srv"``) or tables
+    (``{ uri = "file:///srv", name = "srv" }``). When set, the gateway answers ``roots/list``
+    itself in every upstream session of this backend, and never asks a client; ``[]`` answers
+    no roots. Unset (the default): a ``roots/list`` sent while a client's request is in
+    flight goes to that client, any other is refused."""
 
     @property
     def transport(self) -> Literal["http", "stdio"]:
         """``http`` when ``url`` is set, else ``stdio``."""
         return "http" if self.url else "stdio"
 
+    @property
+    def root_list(self) -> list[dict[str, str]] | None:
+        """``roots`` as the ``roots/list`` result's entries (``uri``, and ``name`` when given); None when unset."""
+        if self.roots is None:
+            return None
+        out: list[dict[str, str]] = []
+        for root in self.roots:
+            if isinstance(root, str):
+                out.append({"uri": root})
+            else:
+                out.append({"uri": root.uri} if root.name is None else {"uri": root.uri, "name": root.name})
+        return out
 
-class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+
+class Config(_Table):
     """The whole file."""
 
     server: ServerConfig = ServerConfig()
     """The listener."""
     gateway: GatewayConfig = GatewayConfig()
     """Aggregation and routing."""
-    backends: dict[str, BackendConfig] = {}
-    """The MCP servers behind the gateway, by name."""
+    backends: dict[_Name, BackendConfig] = {}
+    """The MCP servers behind the gateway, by name (1-32 of A-Z a-z 0-9 _ -)."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
 
-import json  # noqa: E402 - the loader's own imports, kept next to it
+import difflib  # noqa: E402 - the loader's own imports, kept next to it
+import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import tomllib  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-from typing import Any  # noqa: E402
+import types  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
+from typing import Any, Union, get_args, get_origin  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
-__all__ += ["describe", "load_config", "load_config_text"]
+__all__ += ["describe", "load_config", "load_config_text", "stdio_problem", "url_problem"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_SEPARATOR_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEYS = frozenset({"bearer_token", "headers", "env"})
+# Headers the HTTP backend writes itself; a static one would contradict or break the request.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "content-type", "mcp-session-id", "mcp-protocol-version"}
+)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read a TOML config or a Claude/Cursor ``mcp.json`` (by extension or a leading ``{``)."""
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, check_environment: bool = False
+) -> Config:
+    """Read a TOML config or a Claude/Cursor ``mcp.json`` (by extension or a leading ``{``).
+
+    ``check_environment``: also check what this machine must provide (see ``load_config_text``).
+    """
     source = os.fspath(path)
     try:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(source, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
     fmt = "json" if source.endswith(".json") or text.lstrip().startswith("{") else "toml"
-    return load_config_text(text, fmt=fmt, source=source, env=env)  # type: ignore[arg-type]
+    return load_config_text(text, fmt=fmt, source=source, env=env, check_environment=check_environment)
 
 
 def load_config_text(
-    text: str, *, fmt: Literal["toml", "json"], source: str = "<string>", env: Mapping[str, str] | None = None
+    text: str,
+    *,
+    fmt: Literal["toml", "json"],
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    check_environment: bool = False,
 ) -> Config:
     """Parse, substitute ``${VAR}``, convert to ``Config`` and validate; ConfigError on any problem.
 
     ``${VAR}`` takes the environment variable VAR, ``${VAR:-default}`` a default
-    when it is unset, and ``$$`` is a literal ``$``.
+    when it is unset, and ``$$`` is a literal ``$``. ``check_environment`` (what
+    ``mcp-gateway check`` does) also refuses what would leave an enabled backend
+    down on this machine: a stdio ``command`` not found on PATH (or a path that
+    does not exist or is not executable) and a ``cwd`` that is not a directory.
     """
     env = os.environ if env is None else env
+    where = _Where(source, text, fmt)
     if fmt == "json":
-        data = _from_mcp_json(text, source)
+        data = _from_mcp_json(text, where)
     else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    data = _substitute(data, env, source, text, ())
+            raise _toml_error(exc, source) from None
+    data = _substitute(data, env, where, ())
     backends = data.get("backends") if isinstance(data, dict) else None
     if isinstance(backends, dict):
-        # msgspec does not name dict keys in its error paths, so check each backend by name.
+        # msgspec names no dict key in its error paths, so check each backend by name first.
         for name, entry in backends.items():
+            try:
+                msgspec.convert(name, _Name)
+            except msgspec.ValidationError as exc:
+                why = _explain(str(exc).partition(" - at ")[0], ())[0]
+                raise where.error(("backends", str(name)), f"backend names {why}") from None
             try:
                 msgspec.convert(entry, BackendConfig)
             except msgspec.ValidationError as exc:
-                raise _located(exc, source, text, ("backends", str(name))) from None
+                raise _from_validation(exc, data, where, ("backends", str(name))) from None
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise _located(exc, source, text) from None
-    _validate(config, source, text)
+        raise _from_validation(exc, data, where) from None
+    _validate(config, where)
+    if check_environment:
+        for name, backend in config.backends.items():
+            if backend.enabled and backend.transport == "stdio":
+                problem = stdio_problem(backend)
+                if problem is not None:
+                    raise where.error(("backends", name, problem[0]), problem[1])
     return config
 
 
-def _from_mcp_json(text: str, source: str) -> dict[str, Any]:
+def url_problem(url: str) -> str | None:
+    """What is wrong with a backend URL (None: it is an ``http://HOST[:PORT]/PATH`` the HTTP backend can use)."""
+    if not url.isascii():
+        return "must be ASCII (percent-encode other characters; use the punycode form of a host name)"
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
+        return "must not contain spaces or control characters"
+    scheme, sep, _ = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return "is not a URL: expected http://HOST[:PORT]/PATH"
+    scheme = scheme.lower()
+    if scheme == "https" and "https" not in _URL_SCHEMES:
+        return "https backends are not supported yet"
+    if scheme not in _URL_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in _URL_SCHEMES)
+        return f"unknown URL scheme {scheme!r}; supported: {supported}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if "@" in parts.netloc:
+        return "must not contain user:password@ (use 'bearer_token' or 'headers')"
+    if not parts.hostname:
+        return "has no host: expected http://HOST[:PORT]/PATH"
+    port = parts.netloc.rpartition("]")[2] if parts.netloc.startswith("[") else parts.netloc
+    port = port.rpartition(":")[2] if ":" in port else ""
+    if port and not port.isdigit():
+        return f"port {port!r} is not a number"
+    if port and not 1 <= int(port) <= 65535:
+        return f"port {int(port)} is out of range (1..65535)"
+    return None
+
+
+def stdio_problem(backend: BackendConfig) -> tuple[str, str] | None:
+    """Why ``backend``'s process cannot be started on this machine: ``(key, reason)`` with key
+    ``command`` or ``cwd``; None when it can, as far as can be told without starting it.
+
+    ``command`` is looked up the way the process is spawned: a name on the ``PATH`` of the
+    process's environment (the gateway's, with ``env`` over it), a path relative to ``cwd``.
+    """
+    cwd = backend.cwd
+    if cwd is not None:
+        if not os.path.exists(cwd):
+            return "cwd", f"working directory {cwd!r} does not exist"
+        if not os.path.isdir(cwd):
+            return "cwd", f"working directory {cwd!r} is not a directory"
+    command = backend.command
+    if not command:
+        return None
+    if "/" in command:
+        full = os.path.join(cwd or os.getcwd(), command)
+        if not os.path.exists(full):
+            return "command", f"command {command!r} does not exist"
+        if os.path.isdir(full):
+            return "command", f"command {command!r} is a directory"
+        if not os.access(full, os.X_OK) or not os.stat(full).st_mode & 0o111:
+            return "command", f"command {command!r} is not executable"
+        return None
+    search = {**os.environ, **backend.env}.get("PATH", os.defpath)
+    if shutil.which(command, path=search) is None:
+        return "command", f"command {command!r} is not found on PATH"
+    return None
+
+
+# -- where a key is, and errors that say so --------------------------------------------------------
+
+_TOML_KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_TOML_KEY_PATH = rf"{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*"
+_TOML_HEADER = re.compile(rf"^\s*\[\[?\s*({_TOML_KEY_PATH})\s*\]\]?")
+_TOML_ASSIGN = re.compile(rf"^\s*({_TOML_KEY_PATH})\s*=")
+_TOML_PART = re.compile(_TOML_KEY)
+_JSON_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[{}\[\]:\n]')
+
+
+def _toml_keys(path: str) -> tuple[str, ...]:
+    keys = []
+    for match in _TOML_PART.finditer(path):
+        key = match.group(0)
+        if key.startswith('"'):
+            try:
+                key = json.loads(key)
+            except ValueError:
+                key = key[1:-1]
+        elif key.startswith("'"):
+            key = key[1:-1]
+        keys.append(key)
+    return tuple(keys)
+
+
+class _Where:
+    """The source text's key locations: each dotted path (tables, keys) and the line it is first on."""
+
+    def __init__(self, source: str, text: str, fmt: str) -> None:
+        self.source = source
+        self.fmt = fmt
+        self.lines: dict[tuple[str, ...], int] = {}
+        if fmt == "json":
+            self._scan_json(text)
+        else:
+            self._scan_toml(text)
+
+    def _record(self, path: tuple[str, ...], line: int) -> None:
+        for end in range(1, len(path) + 1):
+            self.lines.setdefault(path[:end], line)
+
+    def _scan_toml(self, text: str) -> None:
+        table: tuple[str, ...] = ()
+        closing: str | None = None  # the delimiter of a multi-line string we are inside
+        for number, line in enumerate(text.splitlines(), 1):
+            if closing is not None:
+                if line.count(closing) % 2:
+                    closing = None
+                continue
+            header = _TOML_HEADER.match(line)
+            if header:
+                table = _toml_keys(header.group(1))
+                self._record(table, number)
+                continue
+            assign = _TOML_ASSIGN.match(line)
+            if assign:
+                self._record((*table, *_toml_keys(assign.group(1))), number)
+            for delimiter in ('"""', "'''"):
+                if line.count(delimiter) % 2:
+                    closing = delimiter
+                    break
+
+    def _scan_json(self, text: str) -> None:
+        stack: list[list[Any]] = []  # [bracket, current key]
+        pending: tuple[str, int] | None = None
+        number = 1
+        for match in _JSON_TOKEN.finditer(text):
+            token = match.group(0)
+            if token == "\n":
+                number += 1
+                continue
+            if token.startswith('"'):
+                try:
+                    pending = (json.loads(token), number)
+                except ValueError:
+                    pending = (token[1:-1], number)
+                continue
+            if token == ":" and pending is not None and stack and stack[-1][0] == "{":
+                stack[-1][1] = pending[0]
+                self._record(tuple(key for bracket, key in stack if bracket == "{" and key is not None), pending[1])
+            elif token in "{[":
+                stack.append([token, None])
+            elif token in "}]" and stack:
+                stack.pop()
+            pending = None
+
+    def line(self, path: Sequence[str | int]) -> int:
+        """The line of ``path`` or, when it is not written out (a default, an inline table's key),
+        of its closest enclosing key; 0 when none is found."""
+        keys = tuple(str(p) for p in path if isinstance(p, str))
+        if self.fmt == "json" and keys[:1] == ("backends",):
+            keys = ("mcpServers", *keys[1:])
+        while keys:
+            if keys in self.lines:
+                return self.lines[keys]
+            keys = keys[:-1]
+        return 0
+
+    def prefix(self, path: Sequence[str | int]) -> str:
+        """``source:LINE: `` (or ``source: `` when the line is unknown)."""
+        line = self.line(path)
+        return f"{self.source}:{line}: " if line else f"{self.source}: "
+
+    def name(self, path: Sequence[str | int]) -> str:
+        """``path`` as the file spells it: ``backends.a.url``, in an mcp.json ``mcpServers.a.url``."""
+        if self.fmt == "json" and path[:1] == ("backends",):
+            path = ("mcpServers", *path[1:])
+        return _dotted(path)
+
+    def error(self, path: Sequence[str | int], why: str) -> ConfigError:
+        """``source:LINE: 'a.b': why``."""
+        return ConfigError(f"{self.prefix(path)}'{self.name(path)}': {why}")
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, source: str) -> ConfigError:
+    message = str(exc)
+    at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if at:
+        return ConfigError(f"{source}:{at.group(1)}: invalid TOML: {message[: at.start()]} (column {at.group(2)})")
+    return ConfigError(f"{source}: invalid TOML: {message}")
+
+
+def _unwrap(tp: Any) -> Any:
+    """The type under ``Annotated`` and ``X | None``; of a union of a Struct and others, the Struct."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            structs = [a for a in members if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+            if len(members) == 1:
+                tp = members[0]
+            elif structs:
+                tp = structs[0]
+            else:
+                return tp
+        else:
+            return tp
+
+
+def _type_at(path: Sequence[str | int]) -> Any:
+    """The declared type of the value at ``path`` in a ``Config`` (None if there is none)."""
+    tp: Any = Config
+    for part in path:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            fields = {f.name: f.type for f in msgspec.structs.fields(tp)}
+            if part not in fields:
+                return None
+            tp = fields[part]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) is list:
+            tp = get_args(tp)[0]
+        else:
+            return None
+    return _unwrap(tp)
+
+
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+          "array": "a list", "object": "a table", "null": "empty"}
+
+
+def _kinds(names: str) -> str:
+    return " or ".join(_KINDS.get(n, n) for n in names.split(" | ") if n != "null") or "empty"
+
+
+def _explain(reason: str, path: Sequence[str | int]) -> tuple[str, bool]:
+    """msgspec's reason for a bad value, as what the value must be; and whether showing the
+    value itself helps (not for a value of the wrong type, which the reason names)."""
+    if match := re.fullmatch(r"Expected `[^`]+` matching regex (.+)", reason):
+        hints = {repr(pattern): hint for pattern, hint in _PATTERN_HINTS.items()}
+        return hints.get(match.group(1), f"must match {match.group(1)}"), True
+    if match := re.fullmatch(r"Expected `[^`]+` ([<>]=?) (\S+)", reason):
+        bound = match.group(2)
+        return f"must be {match.group(1)} {bound[:-2] if bound.endswith('.0') else bound}", True
+    if match := re.fullmatch(r"Expected `([^`]+)`, got `([^`]+)`", reason):
+        return f"must be {_kinds(match.group(1))}, not {_kinds(match.group(2))}", False
+    if reason.startswith("Invalid enum value"):
+        tp = _type_at(path)
+        choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices:
+            return "must be one of " + ", ".join(repr(c) for c in choices), True
+    if match := re.fullmatch(r"Object missing required field `([^`]+)`", reason):
+        return f"needs '{match.group(1)}'", False
+    return (reason[0].lower() + reason[1:] if reason else "is invalid"), False
+
+
+def _value_at(data: Any, path: Sequence[str | int]) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _failing_key(data: Any, path: Sequence[str | int], *, key: bool) -> str | None:
+    """Of the table at ``path``, the first key (``key=True``) or the key of the first value
+    that does not convert to its declared type: msgspec writes ``[...]`` for it."""
+    table, declared = _value_at(data, path), _type_at(path)
+    if not isinstance(table, dict) or get_origin(declared) is not dict:
+        return None
+    key_type, value_type = get_args(declared)
+    for name, value in table.items():
+        try:
+            msgspec.convert(name if key else value, key_type if key else value_type)
+        except msgspec.ValidationError:
+            return str(name)
+    return None
+
+
+def _from_validation(
+    exc: msgspec.ValidationError, data: Any, where: _Where, prefix: tuple[str, ...] = ()
+) -> ConfigError:
+    """Turn msgspec's ``<reason> - at `$.server.x``` into ``file:LINE: 'server.x': <what it must be>``."""
+    reason, _, at = str(exc).partition(" - at `")
+    is_key = at.startswith("key` in `")
+    if is_key:
+        at = at[len("key` in `") :]
+    path: list[str | int] = [*prefix]
+    for name, index, some in re.findall(r"\.([^.\[`]+)|\[(\d+)\]|\[(\.\.\.)\]", at.rstrip("`")):
+        if some:
+            found = _failing_key(data, path, key=False)
+            if found is None:
+                break
+            path.append(found)
+        else:
+            path.append(name if name else int(index))
+    unknown = re.fullmatch(r"Object contains unknown field `([^`]+)`", reason)
+    if unknown:
+        key = unknown.group(1)
+        path.append(key)
+        table = _type_at(path[:-1])
+        is_table = isinstance(table, type) and issubclass(table, msgspec.Struct)
+        close = difflib.get_close_matches(key, [f.name for f in msgspec.structs.fields(table)] if is_table else [], 1, 0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ConfigError(f"{where.prefix(path)}unknown key '{where.name(path)}'{hint}")
+    why, show = _explain(reason, path)
+    if is_key:
+        bad = _failing_key(data, path, key=True)
+        return where.error(path, f"key {bad!r} {why}" if bad is not None else f"a key {why}")
+    value = _value_at(data, path)
+    secret = _SECRET_KEYS & {p for p in path if isinstance(p, str)}
+    if show and isinstance(value, (int, float, str)) and not isinstance(value, bool) and not secret:
+        text = repr(value)
+        why += f", got {text if len(text) <= 60 else text[:57] + '...'}"
+    if not path:
+        return ConfigError(f"{where.source}: the file {why}")
+    return where.error(path, why)
+
+
+def _from_mcp_json(text: str, where: _Where) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise ConfigError(f"{where.source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     servers = doc.get("mcpServers") if isinstance(doc, dict) else None
     if not isinstance(servers, dict):
-        raise ConfigError(f"{source}: an mcp.json needs an object 'mcpServers'")
+        raise ConfigError(f"{where.source}: an mcp.json needs an object 'mcpServers'")
+    known = {"command", "args", "env", "cwd", "url", "headers"}
     backends: dict[str, Any] = {}
     for name, entry in servers.items():
         if not isinstance(entry, dict):
-            raise ConfigError(f"{source}:{_line_of(text, name)}: 'mcpServers.{name}' must be an object")
-        kind = entry.get("type")
-        if kind == "sse":
+            raise ConfigError(f"{where.prefix(('backends', name))}'mcpServers.{name}' must be an object")
+        if entry.get("type") == "sse":
             raise ConfigError(
-                f"{source}:{_line_of(text, name)}: 'mcpServers.{name}': the old SSE transport is not supported; "
-                "use the server's Streamable HTTP URL"
+                f"{where.prefix(('backends', name, 'type'))}'mcpServers.{name}': the old SSE transport is not "
+                "supported; use the server's Streamable HTTP URL"
             )
-        backend = {k: entry[k] for k in ("command", "args", "env", "cwd", "url", "headers") if k in entry}
+        backend = {k: entry[k] for k in known if k in entry}
         if entry.get("disabled") is True:
             backend["enabled"] = False
-        unknown = set(entry) - {"command", "args", "env", "cwd", "url", "headers", "type", "disabled"}
+        unknown = set(entry) - known - {"type", "disabled"}
         if unknown:
             key = sorted(unknown)[0]
-            raise ConfigError(f"{source}:{_line_of(text, key)}: unknown key 'mcpServers.{name}.{key}'")
+            raise ConfigError(f"{where.prefix(('backends', name, key))}unknown key '{where.name(('backends', name, key))}'")
         backends[name] = backend
     return {"backends": backends}
 
 
-def _substitute(value: Any, env: Mapping[str, str], source: str, text: str, path: tuple[str, ...]) -> Any:
+def _substitute(value: Any, env: Mapping[str, str], where: _Where, path: tuple[str | int, ...]) -> Any:
     if isinstance(value, str):
 
         def repl(match: re.Match[str]) -> str:
@@ -238,103 +673,61 @@ def _substitute(value: Any, env: Mapping[str, str], source: str, text: str, path
                 return env[name]
             if default is not None:
                 return default
-            key = ".".join(path)
-            raise ConfigError(f"{source}:{_line_of(text, path[-1] if path else '')}: '{key}' uses ${{{name}}}, which is not set")
+            raise where.error(path, f"uses ${{{name}}}, which is not set")
 
         return _VAR_RE.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _substitute(v, env, source, text, (*path, str(k))) for k, v in value.items()}
+        return {k: _substitute(v, env, where, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, env, source, text, (*path, str(i))) for i, v in enumerate(value)]
+        return [_substitute(v, env, where, (*path, i)) for i, v in enumerate(value)]
     return value
 
 
-def _line_of(text: str, key: str, table: str | None = None) -> int:
-    """Best-effort line number of ``key`` (inside ``[table]`` when given); 0 if not found."""
-    lines = text.splitlines()
-    start = 0
-    if table:
-        header = re.compile(r"^\s*\[\s*" + re.escape(table).replace(r"\.", r"\s*\.\s*") + r"\s*\]")
-        for i, line in enumerate(lines):
-            if header.match(line):
-                start = i
-                break
-    pattern = re.compile(r'^\s*"?' + re.escape(key) + r'"?\s*[=:]|"' + re.escape(key) + r'"\s*:')
-    for i in range(start, len(lines)):
-        if pattern.search(lines[i]):
-            return i + 1
-    header_key = re.compile(r"^\s*\[\s*(?:[\w.-]+\.)?" + re.escape(key) + r"\s*\]")
-    for i, line in enumerate(lines):
-        if header_key.match(line):
-            return i + 1
-    return 0
-
-
-def _located(exc: msgspec.ValidationError, source: str, text: str, prefix: tuple[str, ...] = ()) -> ConfigError:
-    """Turn msgspec's ``... - at `$.server.x``` into ``file:LINE: ... 'server.x'``."""
-    message = str(exc)
-    match = re.search(r"at `\$((?:\.[^.`\[]+|\[[^\]]*\])*)`", message)
-    path = [*prefix, *(p for p in re.split(r"\.|\[[^\]]*\]", match.group(1)) if p)] if match else [*prefix]
-    reason = message.split(" - at ", 1)[0]
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
-    if unknown:
-        path.append(unknown.group(1))
-        reason = "unknown key"
-    key = ".".join(path)
-    table = ".".join(path[:-1]) if len(path) > 1 else None
-    line = _line_of(text, path[-1], table) if path else 0
-    return ConfigError(f"{source}:{line}: {reason} '{key}'" if key else f"{source}: {reason}")
-
-
-def _validate(config: Config, source: str, text: str) -> None:
-    def fail(key: str, why: str) -> None:
-        parts = key.split(".")
-        line = _line_of(text, parts[-1], ".".join(parts[:-1]) or None)
-        raise ConfigError(f"{source}:{line}: '{key}': {why}")
-
-    server, gateway = config.server, config.gateway
-    if not 0 <= server.port <= 65535:
-        fail("server.port", "must be 0..65535")
-    if not server.path.startswith("/"):
-        fail("server.path", "must start with '/'")
-    for key in ("max_body_bytes", "max_header_bytes", "max_headers", "max_url_bytes"):
-        if getattr(server, key) <= 0:
-            fail(f"server.{key}", "must be positive")
-    for key in ("header_timeout", "idle_timeout", "shutdown_timeout", "session_idle_timeout", "sse_keepalive"):
-        if getattr(server, key) <= 0:
-            fail(f"server.{key}", "must be positive")
-    if not _SEPARATOR_RE.match(gateway.separator):
-        fail("gateway.separator", "must be one or more of A-Z a-z 0-9 _ -")
-    if gateway.page_size <= 0 or gateway.request_timeout <= 0 or gateway.list_timeout <= 0:
-        fail("gateway.page_size", "page_size and timeouts must be positive")
+def _validate(config: Config, where: _Where) -> None:
+    """What the types cannot say: one of url/command, URLs, options of the other transport,
+    headers the gateway writes itself, unique namespaces, passthrough's single backend."""
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
-    if gateway.passthrough and len(enabled) != 1:
-        fail("gateway.passthrough", f"needs exactly one enabled backend, found {len(enabled)}")
+    if config.gateway.passthrough and len(enabled) != 1:
+        raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
     namespaces: dict[str, str] = {}
     for name, backend in config.backends.items():
-        _validate_backend(name, backend, fail)
+        _validate_backend(("backends", name), backend, where)
         namespace = backend.namespace or name
-        if backend.enabled and namespace in namespaces:
-            fail(f"backends.{name}.namespace", f"namespace {namespace!r} is also used by backend {namespaces[namespace]!r}")
+        if not backend.enabled:
+            continue
+        if namespace in namespaces:
+            key = "namespace" if backend.namespace else None
+            raise where.error(
+                ("backends", name, key) if key else ("backends", name),
+                f"namespace {namespace!r} is also used by backend {namespaces[namespace]!r}",
+            )
         namespaces[namespace] = name
 
 
-def _validate_backend(name: str, backend: BackendConfig, fail: Any) -> None:
-    if not _NAME_RE.match(name):
-        fail(f"backends.{name}", "backend names must match ^[A-Za-z0-9_-]{1,32}$")
-    if backend.namespace is not None and not _NAME_RE.match(backend.namespace):
-        fail(f"backends.{name}.namespace", "must match ^[A-Za-z0-9_-]{1,32}$")
+def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Where) -> None:
     if (backend.url is None) == (backend.command is None):
-        fail(f"backends.{name}", "give exactly one of 'url' (HTTP) or 'command' (stdio)")
-    if backend.url is not None and not backend.url.startswith("http://"):
-        fail(f"backends.{name}.url", "must be an http:// URL (https backends are not supported yet)")
-    for key in ("connect_timeout", "restart_initial_delay", "restart_max_delay"):
-        if getattr(backend, key) <= 0:
-            fail(f"backends.{name}.{key}", "must be positive")
-    if backend.request_timeout is not None and backend.request_timeout <= 0:
-        fail(f"backends.{name}.request_timeout", "must be positive")
-    if backend.pool_size <= 0:
-        fail(f"backends.{name}.pool_size", "must be positive")
+        raise where.error(path, "give exactly one of 'url' (HTTP) or 'command' (stdio)")
+    if backend.url is not None:
+        problem = url_problem(backend.url)
+        if problem:
+            raise where.error((*path, "url"), problem)
+        for key in ("args", "env", "cwd"):
+            if getattr(backend, key):
+                raise where.error((*path, key), "is for stdio backends ('command'); this one has 'url'")
+        for header in backend.headers:
+            if header.lower() in _RESERVED_HEADERS:
+                raise where.error((*path, "headers", header), "is set by the gateway itself")
+            if header.lower() == "authorization" and backend.bearer_token:
+                raise where.error((*path, "headers", header), "conflicts with 'bearer_token': give one of them")
+    else:
+        for key in ("headers", "bearer_token"):
+            if getattr(backend, key):
+                raise where.error((*path, key), "is for HTTP backends ('url'); this one has 'command'")
+    if backend.restart_initial_delay > backend.restart_max_delay:
+        raise where.error(
+            (*path, "restart_initial_delay"),
+            f"must not exceed restart_max_delay ({backend.restart_max_delay:g})",
+        )
 
 
 def describe(config: Config) -> str:
@@ -359,5 +752,8 @@ def describe(config: Config) -> str:
             if b.env:
                 target += f" (env: {', '.join(f'{k}=***' for k in b.env)})"
         state = "" if b.enabled else " [disabled]"
+        roots = b.root_list
+        if roots is not None:
+            state = f", roots [{', '.join(r['uri'] for r in roots)}]" + state
         lines.append(f"  {name}: {b.transport} {target}, namespace {b.namespace or name!r}, session {b.session}{state}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.protocol.jsonrpc import UNSET, Message, Raw
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, encode
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
@@ -66,9 +66,9 @@ NotificationHandler = Callable[["Backend", "str | None", Message], None]
 # response stream). The final response is not passed here; ``request`` returns it.
 MessageSink = Callable[[Message], None]
 
-# Called once with the outcome of ``Backend.express``: (the response, None, False);
-# (None, the error ``request`` would raise, False); or (None, None, True): nothing
-# was answered, send the request again by the general path.
+# Called once with the outcome of a call ``Backend.express`` took: (the response,
+# None, False); (None, the error ``request`` would raise, False); or (None, None,
+# True): nothing was answered, send the request again by the general path.
 ExpressAnswer = Callable[["Message | None", "BaseException | None", bool], None]
 
 
@@ -158,11 +158,20 @@ class Backend(abc.ABC):
     async def notify(self, method: str, params: Raw | Any = UNSET, *, session_key: str | None = None) -> None:
         """Send one notification (no answer expected)."""
 
-    def express(self, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer) -> bool:
-        """Send one handshake-era request in the shared session with no task (the latency
-        path); False, with nothing sent, when only ``request`` can. Backends that have no
-        such path keep this default."""
+    def express_ready(self) -> bool:
+        """Whether ``express`` can take one handshake-era request in the shared session now,
+        with no task (the latency path). A pure check: it changes nothing, so a caller that
+        hears False (or decides otherwise after True) serves the request by ``request``.
+        Backends that have no such path keep this default."""
         return False
+
+    def express(self, method: str, params: Raw, ticket: Ticket, sink: MessageSink, on_answer: ExpressAnswer) -> None:
+        """Send one handshake-era request in the shared session with no task, or queue it to
+        be sent without one; ``on_answer`` gets its outcome exactly once (``ExpressAnswer``).
+        It never declines: call it only right after ``express_ready()`` returned True, in the
+        same callback, with nothing in between that could change this backend. A backend whose
+        ``express_ready`` is always False is never asked."""
+        raise NotImplementedError
 
     async def release(self, session_key: str) -> None:
         """End the per-client upstream session for ``session_key`` (no-op for shared)."""
@@ -183,3 +192,20 @@ class Backend(abc.ABC):
         self.last_error = error
         if changed and self.on_state_change is not None:
             self.on_state_change(self)
+
+    def local_answer(self, msg: Message) -> Raw | None:
+        """The result of a server-to-client request ``msg`` that the gateway answers itself,
+        from config; None when it does not, and the caller goes on as before (relays it to the
+        client whose request is in flight, or refuses it).
+
+        ``ping`` is answered ``{}``. ``roots/list`` is answered ``{"roots": [...]}`` from the
+        backend's ``roots`` option when that is set, in every upstream session of the backend
+        (shared or per-client), so no client is asked; unset, None.
+        """
+        if msg.method == "ping":
+            return Raw(b"{}")
+        if msg.method == "roots/list":
+            roots = self.config.root_list
+            if roots is not None:
+                return Raw(encode({"roots": roots}))
+        return None

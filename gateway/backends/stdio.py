@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from gateway.backends.base import Backend, BackendState, MessageSink, RequestCancelled, Ticket
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, stdio_problem
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.protocol.initialize import initialize_params
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
@@ -68,19 +68,25 @@ class _Process:
         self.deadlines = Deadlines()  # request timeouts on one tick, not a timer and a task per request
 
     async def spawn(self) -> None:
+        """Start the process; BackendUnavailable naming the command or cwd when it cannot start."""
         cfg = self.backend.config
         env = {**os.environ, **cfg.env}
-        self.proc = await asyncio.create_subprocess_exec(
-            cfg.command,  # type: ignore[arg-type]
-            *cfg.args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=cfg.cwd,
-            limit=_LINE_LIMIT,
-            start_new_session=True,  # a Ctrl-C on the gateway's terminal is the gateway's to handle
-        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                cfg.command,  # type: ignore[arg-type]
+                *cfg.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cfg.cwd,
+                limit=_LINE_LIMIT,
+                start_new_session=True,  # a Ctrl-C on the gateway's terminal is the gateway's to handle
+            )
+        except (OSError, ValueError) as exc:
+            problem = stdio_problem(cfg)
+            why = problem[1] if problem is not None else f"cannot start {cfg.command!r}: {exc}"
+            raise BackendUnavailable(why, reason="backend_down") from None
         self.started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._read_stdout()), loop.create_task(self._read_stderr())]
@@ -206,14 +212,21 @@ class _Process:
         return None
 
     def _server_request(self, msg: Message) -> None:
-        """A request from the server: ping is answered here; others go to the sole caller, if any."""
-        if msg.method == "ping":
-            line = encode(Message(id=msg.id, result=Raw(b"{}"))) + b"\n"
+        """A request from the server: what the gateway answers itself (``Backend.local_answer``:
+        ping, configured roots) is answered here; others go to the sole caller, if any, or are refused."""
+        result = self.backend.local_answer(msg)
+        if result is not None:
+            line = encode(Message(id=msg.id, result=result)) + b"\n"
         else:
             sinks = [p.sink for p in self.pending.values() if p.sink is not None]
             if len(sinks) == 1:
                 sinks[0](msg)
                 return
+            if msg.method == "roots/list":
+                self.log.info(
+                    "%s: roots/list refused (no client request to relay it to); set 'roots' on the backend to answer it",
+                    self.backend.name,
+                )
             error = {"code": -32601, "message": f"{msg.method} is not available through the gateway here"}
             line = encode(Message(id=msg.id, error=Raw(encode(error)))) + b"\n"
         asyncio.get_running_loop().create_task(self._write_quietly(line))
@@ -381,8 +394,14 @@ class StdioBackend(Backend):
             process = self._per_client.get(session_key)
             if process is None:
                 process = _Process(self, session_key)
+                if capabilities is not None and self.config.roots is not None:
+                    # The gateway answers roots/list itself: tell the server it may ask.
+                    capabilities = {**capabilities, "roots": {}}
                 try:
                     await process.spawn()
+                except BackendUnavailable as exc:
+                    raise BackendUnavailable(f"backend {self.name!r} could not start: {exc}", reason="backend_down") from None
+                try:
                     await process.initialize(self.config.connect_timeout, capabilities)
                 except (OSError, BackendTimeout) as exc:
                     await process.stop()
