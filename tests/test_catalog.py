@@ -12,6 +12,7 @@ from gateway.config import Config, ServerConfig
 from gateway.errors import Forbidden, InvalidParams
 from gateway.catalog.aggregate import Catalog, CatalogSnapshot, decode_cursor, encode_cursor
 from gateway.front.endpoint import McpFront
+from gateway.front.gate import KEY_HEADERS
 from gateway.front.sessions import SessionStore
 
 
@@ -82,5 +83,13 @@ def test_the_gate_never_lets_a_refused_header_set_through_after_a_passing_one() 
     for request, status in [(good, None), (evil, 421), (good, None), (bad_type, 415), (evil, 421), (good, None)]:
         error, _ = gate.check(request)  # type: ignore[arg-type]
         assert (error.http_status if error is not None else None) == status
+    # Every header in KEY_HEADERS is part of the key: a bad value in any one is never answered from
+    # the cache of the good set (this holds HeaderGate.check's spelt-out key and KEY_HEADERS together).
+    bad = {"host": "evil.example", "origin": "https://evil.example", "content-type": "text/plain", "accept": "text/html"}
+    assert set(bad) == set(KEY_HEADERS)
+    for header in KEY_HEADERS:
+        assert gate.check(good)[0] is None  # type: ignore[arg-type]
+        poisoned = SimpleNamespace(method="POST", headers={**good.headers, header: bad[header]})
+        assert gate.check(poisoned)[0] is not None, header  # type: ignore[arg-type]
     # The same header values under another method are another verdict: GET has no media-type checks.
     assert gate.check(SimpleNamespace(method="GET", headers=bad_type.headers))[0] is None  # type: ignore[arg-type]

@@ -109,6 +109,8 @@ class McpFront:
         self.gate = HeaderGate(config.server)
         self.admission = admission if admission is not None else Admission()
         self.routing = Routing(catalog, self.admission, config.gateway.passthrough)
+        self.outcome = self.admission.outcome if self.admission.observes_outcomes else None
+        """``Admission.outcome`` when the admission observes outcomes, else None (nothing to call)."""
         self.keepalive = config.server.sse_keepalive
         """Seconds between SSE keep-alive comments (``[server] sse_keepalive``)."""
         # The general path's send, and the host of client streams (relays, the eras' bridge).
