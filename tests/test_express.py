@@ -22,7 +22,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from gateway.app import Gateway
-from gateway.backends.base import Ticket
+from gateway.backends.base import BackendCall, Ticket
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig, load_config_text
 from gateway.protocol.jsonrpc import Raw
@@ -316,10 +316,10 @@ async def test_a_released_connection_goes_to_the_request_waiting_in_line() -> No
         http = HttpBackend("web", BackendConfig(url=url, pool_size=1), default_timeout=5)
         await http.start()
         params = Raw(b'{"name":"work","arguments":{}}')
-        first = asyncio.ensure_future(http.request("tools/call", params, era="handshake"))
+        first = asyncio.ensure_future(http.request(BackendCall("tools/call", params, era="handshake")))
         while backend.calls < 1:
             await asyncio.sleep(0.01)
-        second = asyncio.ensure_future(http.request("tools/call", params, era="handshake"))
+        second = asyncio.ensure_future(http.request(BackendCall("tools/call", params, era="handshake")))
         while not http.pool.waiters:
             await asyncio.sleep(0.01)
         express: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

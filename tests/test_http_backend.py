@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.backends.base import BackendState
+from gateway.backends.base import BackendCall, BackendState
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -40,20 +40,20 @@ async def sdk(http_backend: Child):  # type: ignore[no-untyped-def]
 async def test_start_list_and_call(sdk: HttpBackend) -> None:
     assert sdk.state is BackendState.READY
     assert sdk.server_info["serverInfo"]["name"] == "sdk-http-test"
-    names = {t["name"] for t in result(await sdk.request("tools/list"))["tools"]}
+    names = {t["name"] for t in result(await sdk.request(BackendCall("tools/list")))["tools"]}
     assert {"echo", "multiply", "progress"} <= names
-    assert result(await sdk.request("tools/call", call("echo", {"text": "x"})))["content"][0]["text"] == "x"
+    assert result(await sdk.request(BackendCall("tools/call", call("echo", {"text": "x"}))))["content"][0]["text"] == "x"
 
 
 async def test_sse_progress_reaches_the_sink_before_the_result(sdk: HttpBackend) -> None:
     seen = []
-    answer = await sdk.request("tools/call", call("progress", {"steps": 3}, {"progressToken": 9}), sink=seen.append)
+    answer = await sdk.request(BackendCall("tools/call", call("progress", {"steps": 3}, {"progressToken": 9}), sink=seen.append))
     assert [m.method for m in seen] == ["notifications/progress"] * 3
     assert result(answer)["content"][0]["text"] == "done 3"
 
 
 async def test_concurrent_calls_over_the_pool(sdk: HttpBackend) -> None:
-    answers = await asyncio.gather(*(sdk.request("tools/call", call("multiply", {"a": i, "b": 2})) for i in range(50)))
+    answers = await asyncio.gather(*(sdk.request(BackendCall("tools/call", call("multiply", {"a": i, "b": 2}))) for i in range(50)))
     assert [float(result(a)["content"][0]["text"]) for a in answers] == [i * 2.0 for i in range(50)]
     assert len(sdk._all) <= sdk.config.pool_size
 
@@ -107,7 +107,7 @@ async def test_static_headers_and_bearer_are_sent_not_client_ones() -> None:
         cfg = BackendConfig(url=url, headers={"x-tenant": "acme"}, bearer_token="tok123")
         b = HttpBackend("f", cfg, default_timeout=5)
         await b.start()
-        await b.request("tools/list")
+        await b.request(BackendCall("tools/list"))
         await b.stop()
     posted = [r for r in fake.requests if r["line"].startswith("POST")]
     assert posted and all(r["headers"]["x-tenant"] == "acme" for r in posted)
@@ -123,7 +123,7 @@ async def test_expired_session_is_initialized_again_and_retried() -> None:
     async with Scripted(basic(sessions, expire_first_call=True)) as url:
         b = HttpBackend("f", BackendConfig(url=url), default_timeout=5)
         await b.start()
-        answer = await b.request("tools/list")
+        answer = await b.request(BackendCall("tools/list"))
         await b.stop()
     assert result(answer) == {"session": "s2"}
     assert sessions == ["s1", "s2"]
@@ -134,7 +134,7 @@ async def test_silent_backend_times_out() -> None:
         b = HttpBackend("f", BackendConfig(url=url), default_timeout=5)
         await b.start()
         with pytest.raises(BackendTimeout):
-            await b.request("tools/list", timeout=0.3)
+            await b.request(BackendCall("tools/list", timeout=0.3))
         await b.stop()
 
 
@@ -144,11 +144,11 @@ async def test_a_full_pool_answers_busy_after_connect_timeout() -> None:
     async with fake as url:
         b = HttpBackend("f", BackendConfig(url=url, pool_size=1, connect_timeout=0.3), default_timeout=5)
         await b.start()
-        first = asyncio.ensure_future(b.request("tools/list", timeout=3))  # holds the one connection
+        first = asyncio.ensure_future(b.request(BackendCall("tools/list", timeout=3)))  # holds the one connection
         await wait_set(fake.silenced, 5, "the first request never reached the backend")
         started = asyncio.get_running_loop().time()
         with pytest.raises(BackendUnavailable, match="connections busy"):
-            await b.request("tools/list", timeout=3)
+            await b.request(BackendCall("tools/list", timeout=3))
         assert 0.25 <= asyncio.get_running_loop().time() - started < 2
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
@@ -167,14 +167,14 @@ async def test_unreachable_backend_is_down_then_recovers() -> None:
     try:
         assert b.state is BackendState.DOWN
         with pytest.raises(BackendUnavailable):
-            await b.request("tools/list")
+            await b.request(BackendCall("tools/list"))
         ready = asyncio.Event()
         b.on_state_change = lambda backend: ready.set() if backend.state is BackendState.READY else None
         server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
         try:
             await wait_set(ready, 10, "the backend did not come back up")
             assert b.state is BackendState.READY
-            assert result(await b.request("tools/list"))["session"] == sessions[-1]
+            assert result(await b.request(BackendCall("tools/list")))["session"] == sessions[-1]
         finally:
             server.close()
     finally:
@@ -192,9 +192,9 @@ async def test_per_client_sessions_are_separate_and_released() -> None:
     async with fake as url:
         b = HttpBackend("f", BackendConfig(url=url, session="per-client"), default_timeout=5)
         await b.start()
-        a1 = result(await b.request("tools/list", session_key="A"))
-        b1 = result(await b.request("tools/list", session_key="B"))
-        a2 = result(await b.request("tools/list", session_key="A"))
+        a1 = result(await b.request(BackendCall("tools/list", session_key="A")))
+        b1 = result(await b.request(BackendCall("tools/list", session_key="B")))
+        a2 = result(await b.request(BackendCall("tools/list", session_key="A")))
         await b.release("A")
         await b.stop()
     assert sessions == ["s1", "s2", "s3"]  # shared, then A, then B

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gateway.backends.base import BackendState
+from gateway.backends.base import BackendCall, BackendState
 from gateway.backends.stdio import StdioBackend
 from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -43,20 +43,20 @@ async def backend():  # type: ignore[no-untyped-def]
 async def test_start_and_call(backend: StdioBackend) -> None:
     assert backend.state is BackendState.READY
     assert backend.server_info["serverInfo"]["name"] == "sdk-stdio-test"
-    tools = json.loads(bytes((await backend.request("tools/list")).result))["tools"]
+    tools = json.loads(bytes((await backend.request(BackendCall("tools/list"))).result))["tools"]
     assert {"echo", "add", "slow", "crash"} <= {t["name"] for t in tools}
-    assert text_of(await backend.request("tools/call", call("echo", {"text": "hi"}))) == "hi"
+    assert text_of(await backend.request(BackendCall("tools/call", call("echo", {"text": "hi"})))) == "hi"
 
 
 async def test_concurrent_calls_get_their_own_answers(backend: StdioBackend) -> None:
-    answers = await asyncio.gather(*(backend.request("tools/call", call("add", {"a": i, "b": 1000})) for i in range(40)))
+    answers = await asyncio.gather(*(backend.request(BackendCall("tools/call", call("add", {"a": i, "b": 1000}))) for i in range(40)))
     assert [text_of(a) for a in answers] == [str(i + 1000) for i in range(40)]
     assert len({a.id for a in answers}) == 40
 
 
 async def test_stderr_goes_to_the_log_with_the_backend_name(backend: StdioBackend, caplog) -> None:  # type: ignore[no-untyped-def]
     with caplog.at_level(logging.INFO, logger="gateway.backend.local"):
-        await backend.request("tools/call", call("log_stderr", {"text": "a line on stderr"}))
+        await backend.request(BackendCall("tools/call", call("log_stderr", {"text": "a line on stderr"})))
         for _ in range(50):
             if any("a line on stderr" in r.getMessage() for r in caplog.records):
                 break
@@ -68,29 +68,29 @@ async def test_stderr_goes_to_the_log_with_the_backend_name(backend: StdioBacken
 async def test_progress_goes_to_the_requests_sink(backend: StdioBackend) -> None:
     seen = []
     params = Raw(b'{"name":"slow","arguments":{"seconds":0.1},"_meta":{"progressToken":"tok-1"}}')
-    answer = await backend.request("tools/call", params, sink=seen.append)
+    answer = await backend.request(BackendCall("tools/call", params, sink=seen.append))
     assert text_of(answer) == "slept 0.1"
     assert [m.method for m in seen] == ["notifications/progress", "notifications/progress"]
 
 
 async def test_crash_fails_in_flight_then_restarts(backend: StdioBackend) -> None:
     with pytest.raises(BackendUnavailable) as info:
-        await backend.request("tools/call", call("crash", {}))
+        await backend.request(BackendCall("tools/call", call("crash", {})))
     assert info.value.reason == "backend_exited"
     with pytest.raises(BackendUnavailable):
-        await backend.request("tools/call", call("echo", {"text": "x"}))
+        await backend.request(BackendCall("tools/call", call("echo", {"text": "x"})))
     for _ in range(200):
         if backend.state is BackendState.READY:
             break
         await asyncio.sleep(0.05)
     assert backend.state is BackendState.READY
-    assert text_of(await backend.request("tools/call", call("echo", {"text": "back"}))) == "back"
+    assert text_of(await backend.request(BackendCall("tools/call", call("echo", {"text": "back"})))) == "back"
 
 
 async def test_timeout(backend: StdioBackend) -> None:
     with pytest.raises(BackendTimeout):
-        await backend.request("tools/call", call("slow", {"seconds": 2}), timeout=0.2)
-    assert text_of(await backend.request("tools/call", call("echo", {"text": "ok"}))) == "ok"
+        await backend.request(BackendCall("tools/call", call("slow", {"seconds": 2}), timeout=0.2))
+    assert text_of(await backend.request(BackendCall("tools/call", call("echo", {"text": "ok"})))) == "ok"
 
 
 async def test_missing_command_is_down_without_exception() -> None:
@@ -99,7 +99,7 @@ async def test_missing_command_is_down_without_exception() -> None:
     try:
         assert b.state is BackendState.DOWN and "start failed" in (b.last_error or "")
         with pytest.raises(BackendUnavailable):
-            await b.request("tools/list")
+            await b.request(BackendCall("tools/list"))
     finally:
         await b.stop()
 
@@ -108,8 +108,8 @@ async def test_per_client_processes_and_release() -> None:
     b = StdioBackend("pc", config(session="per-client"), default_timeout=10)
     await b.start()
     try:
-        await b.request("tools/call", call("echo", {"text": "a"}), session_key="A")
-        await b.request("tools/call", call("echo", {"text": "b"}), session_key="B")
+        await b.request(BackendCall("tools/call", call("echo", {"text": "a"}), session_key="A"))
+        await b.request(BackendCall("tools/call", call("echo", {"text": "b"}), session_key="B"))
         pids = {key: p.proc.pid for key, p in b._per_client.items()}
         assert set(pids) == {"A", "B"} and pids["A"] != pids["B"]
         await b.release("A")

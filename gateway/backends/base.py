@@ -1,14 +1,16 @@
 """What every backend (HTTP, stdio, a child gateway) offers the gateway.
 
 A backend owns its connection(s) to one MCP server and speaks JSON-RPC with
-gateway-side ids: the caller hands it a method and raw params, the backend
-picks a unique upstream id, and returns the response ``Message`` (result or
-error) with that upstream id still in it; the front puts the client's id back.
+gateway-side ids: the caller hands ``request`` one ``BackendCall`` (the method,
+the raw params and how to send them), the backend picks a unique upstream id,
+and returns the response ``Message`` (result or error) with that upstream id
+still in it; the front puts the client's id back. ``express`` is the per-call
+hot path of the handshake era and takes its few arguments directly.
 
 Session policy (``BackendConfig.session``):
 - ``shared``: one upstream session for every client (the fast default).
-- ``per-client``: one upstream session per front session; ``session_key`` on
-  ``request`` selects it and ``release(session_key)`` ends it.
+- ``per-client``: one upstream session per front session; the call's
+  ``session_key`` selects it and ``release(session_key)`` ends it.
 
 Failures are exceptions from ``gateway.errors``: ``BackendUnavailable`` (down,
 restarting, connection refused, process died with the request in flight) and
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "BackendCall",
     "BackendState",
     "ExpressAnswer",
     "MessageSink",
@@ -55,6 +58,79 @@ class Ticket:
         self.upstream_id: Any = None
         self.handle: Any = None
         self.future: Any = None
+
+class BackendCall:
+    """One request for ``Backend.request``: what to send and how.
+
+    Only ``method`` is required; every other field's None means the default
+    (the shared session, no sink, the configured timeout, ``preferred_era``, no
+    extra headers, no ticket, the gateway's own capabilities). The backend only
+    reads it: one call object may be sent again.
+    """
+
+    __slots__ = {
+        "method": "The JSON-RPC method, e.g. ``tools/call``.",
+        "params": "The raw JSON of the params object (``Raw``), or ``UNSET`` for none.",
+        "session_key": (
+            "The front session the request belongs to: with ``per-client`` sessions it selects "
+            "(or starts) that upstream session; None, or a ``shared`` backend: the shared session."
+        ),
+        "sink": (
+            "Gets each message the backend sends while answering, before the response "
+            "(progress, log lines, server-to-client requests); None: they are not the caller's."
+        ),
+        "timeout": "Seconds to wait for the answer; None: the backend's configured request timeout.",
+        "era": (
+            "The protocol era toward the backend (``handshake`` or ``stateless``); None: ``preferred_era``. "
+            "In the stateless era ``params`` must carry ``_meta`` (the backend adds the gateway's own if not)."
+        ),
+        "headers": (
+            "Extra routing headers of a stateless-era request (``Mcp-Name``, ``Mcp-Param-*``); "
+            "None: the backend derives ``Mcp-Name`` from ``params`` for the gateway's own requests."
+        ),
+        "ticket": "Filled in by the backend so ``Backend.cancel`` can find the request; None: not cancellable.",
+        "capabilities": (
+            "The client's capabilities, declared when ``session_key`` starts a per-client upstream "
+            "session; None: the gateway's own."
+        ),
+    }
+
+    method: str
+    params: Raw | Any
+    session_key: str | None
+    sink: MessageSink | None
+    timeout: float | None
+    era: str | None
+    headers: dict[str, str] | None
+    ticket: Ticket | None
+    capabilities: dict[str, Any] | None
+
+    def __init__(
+        self,
+        method: str,
+        params: Raw | Any = UNSET,
+        *,
+        session_key: str | None = None,
+        sink: MessageSink | None = None,
+        timeout: float | None = None,
+        era: str | None = None,
+        headers: dict[str, str] | None = None,
+        ticket: Ticket | None = None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.session_key = session_key
+        self.sink = sink
+        self.timeout = timeout
+        self.era = era
+        self.headers = headers
+        self.ticket = ticket
+        self.capabilities = capabilities
+
+    def __repr__(self) -> str:
+        return f"BackendCall({self.method!r}, era={self.era!r}, session_key={self.session_key!r})"
+
 
 # Called for a backend notification that belongs to no request (list_changed,
 # resources/updated, log lines outside a request). Arguments: the backend, the
@@ -130,28 +206,16 @@ class Backend(abc.ABC):
         """Close connections / end the process cleanly. Idempotent."""
 
     @abc.abstractmethod
-    async def request(
-        self,
-        method: str,
-        params: Raw | Any = UNSET,
-        *,
-        session_key: str | None = None,
-        sink: MessageSink | None = None,
-        timeout: float | None = None,
-        era: str | None = None,
-        headers: dict[str, str] | None = None,
-        ticket: Ticket | None = None,
-        capabilities: dict[str, Any] | None = None,
-    ) -> Message:
-        """Send one request and return the backend's response message.
+    async def request(self, call: BackendCall) -> Message:
+        """Send one request, ``call``, and return the backend's response message.
 
-        ``params`` is the raw JSON of the params object (or UNSET). ``timeout``
-        overrides the backend's configured request timeout. ``era`` picks the
-        protocol era (default: ``preferred_era``); in the stateless era
-        ``params`` must carry ``_meta`` (the backend adds the gateway's own if
-        not) and ``headers`` are extra routing headers (``Mcp-Name``,
-        ``Mcp-Param-*``). ``ticket``, when given, is filled in so ``cancel`` can
-        find the request.
+        ``call.params`` is the raw JSON of the params object (or UNSET).
+        ``call.timeout`` overrides the backend's configured request timeout.
+        ``call.era`` picks the protocol era (default: ``preferred_era``); in the
+        stateless era the params must carry ``_meta`` (the backend adds the
+        gateway's own if not) and ``call.headers`` are extra routing headers
+        (``Mcp-Name``, ``Mcp-Param-*``). ``call.ticket``, when given, is filled
+        in so ``cancel`` can find the request. See ``BackendCall`` for each field.
         """
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.backends.base import Backend, BackendState, MessageSink, RequestCancelled, Ticket
+from gateway.backends.base import Backend, BackendCall, BackendState, MessageSink, RequestCancelled, Ticket
 from gateway.config import BackendConfig, stdio_problem
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.protocol.initialize import initialize_params
@@ -409,23 +409,13 @@ class StdioBackend(Backend):
                 self._per_client[session_key] = process
         return process
 
-    async def request(
-        self,
-        method: str,
-        params: Raw | Any = UNSET,
-        *,
-        session_key: str | None = None,
-        sink: MessageSink | None = None,
-        timeout: float | None = None,
-        era: str | None = None,
-        headers: dict[str, str] | None = None,
-        ticket: Ticket | None = None,
-        capabilities: dict[str, Any] | None = None,
-    ) -> Message:
-        """Send a request to the process and wait for its response (handshake era over stdio)."""
-        process = await self._process_for(session_key, capabilities)
+    async def request(self, call: BackendCall) -> Message:
+        """Send a request to the process and wait for its response (handshake era over stdio:
+        ``call.era`` and ``call.headers`` do not apply)."""
+        process = await self._process_for(call.session_key, call.capabilities)
+        timeout = call.timeout
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
-        return await process.request(method, params, sink, limit, ticket=ticket)
+        return await process.request(call.method, call.params, call.sink, limit, ticket=call.ticket)
 
     def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
         """Send ``notifications/cancelled`` and stop waiting for the answer."""

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from gateway._fast import Router, prefix_uri
-from gateway.backends.base import Backend, BackendState
+from gateway.backends.base import Backend, BackendCall, BackendState
 from gateway.errors import GatewayError, InvalidParams
 from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, encode
 from gateway.catalog.names import expose_name
@@ -227,7 +227,7 @@ class Catalog:
         cursor = None
         for _ in range(_MAX_BACKEND_PAGES):
             params = Raw(encode({"cursor": cursor})) if cursor else UNSET
-            msg = await backend.request(method, params, timeout=self.list_timeout)
+            msg = await backend.request(BackendCall(method, params, timeout=self.list_timeout))
             if msg.result is UNSET:
                 raise ValueError(f"error result: {bytes(msg.error) if msg.error is not UNSET else b'?'!r}")
             result = decode_any(msg.result)

@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 
 from gateway import __version__
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, BackendCall
 from gateway.config import Config
 from gateway.errors import (
     GatewayError,
@@ -597,7 +597,7 @@ class McpFront:
 
     @staticmethod
     async def _request_quietly(backend: Backend, method: str, params: Raw) -> None:
-        await backend.request(method, params, era="handshake")
+        await backend.request(BackendCall(method, params, era="handshake"))
 
     # -- notifications to clients ------------------------------------------------------------
 

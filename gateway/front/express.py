@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.backends.base import RequestCancelled
+from gateway.backends.base import BackendCall, RequestCancelled
 from gateway.errors import GatewayError, InternalError, error_body
 from gateway.front.answers import JSON_HEADERS, request_failed, send_error, translate
 from gateway.front.routing import Answered
@@ -227,7 +227,7 @@ class _Call:
         """The general path's send, with its own retries (a new connection, a new session)."""
         try:
             answer = await self.backend.request(
-                self.msg.method, self.params, sink=self.send, era="handshake", ticket=self  # type: ignore[arg-type]
+                BackendCall(self.msg.method, self.params, sink=self.send, era="handshake", ticket=self)  # type: ignore[arg-type]
             )
         except Exception as exc:  # GatewayError and RequestCancelled are answers; anything else is a 500
             self.answered(None, exc, False)

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.backends.base import Backend, RequestCancelled, Ticket
+from gateway.backends.base import Backend, BackendCall, RequestCancelled, Ticket
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError, InternalError, InvalidParams, error_body
 from gateway.front.answers import JSON_HEADERS, send_error, translate
 from gateway.front.bridge import MAX_ROUNDS, PendingCall, PendingCalls
@@ -123,14 +123,16 @@ class Forwarder:
                     return None
             else:
                 answer = await backend.request(
-                    msg.method,  # type: ignore[arg-type]
-                    body_params,
-                    session_key=session_key,
-                    sink=stream.send if stream is not None else None,
-                    era=era,
-                    headers=headers,
-                    ticket=ticket,
-                    capabilities=ctx.capabilities if session_key is not None else None,
+                    BackendCall(
+                        msg.method,  # type: ignore[arg-type]
+                        body_params,
+                        session_key=session_key,
+                        sink=stream.send if stream is not None else None,
+                        era=era,
+                        headers=headers,
+                        ticket=ticket,
+                        capabilities=ctx.capabilities if session_key is not None else None,
+                    )
                 )
                 if ctx.era == "handshake" and era == "stateless" and stream is not None:
                     answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
@@ -195,12 +197,14 @@ class Forwarder:
         stream.bridging = True
         try:
             answer = await backend.request(
-                msg.method,  # type: ignore[arg-type]
-                body_params,
-                session_key=session_key,
-                sink=stream.send,
-                era="handshake",
-                ticket=ticket,
+                BackendCall(
+                    msg.method,  # type: ignore[arg-type]
+                    body_params,
+                    session_key=session_key,
+                    sink=stream.send,
+                    era="handshake",
+                    ticket=ticket,
+                )
             )
         except BaseException as exc:
             call = stream.pending
@@ -326,12 +330,14 @@ class Forwarder:
             else:
                 params.pop("requestState", None)
             answer = await backend.request(
-                msg.method,  # type: ignore[arg-type]
-                with_envelope(Raw(encode(params)), ctx.capabilities, ctx.client_info),
-                sink=stream.send,
-                era="stateless",
-                headers=headers,
-                ticket=ticket,
+                BackendCall(
+                    msg.method,  # type: ignore[arg-type]
+                    with_envelope(Raw(encode(params)), ctx.capabilities, ctx.client_info),
+                    sink=stream.send,
+                    era="stateless",
+                    headers=headers,
+                    ticket=ticket,
+                )
             )
         err = InternalError(f"the backend asked for input more than {MAX_ROUNDS} times", reason="too_many_input_rounds")
         return Message(id=msg.id, error=Raw(encode(err.to_error())))

@@ -28,6 +28,7 @@ import msgspec
 from gateway import __version__
 from gateway.backends.base import (
     Backend,
+    BackendCall,
     BackendState,
     ExpressAnswer,
     MessageSink,
@@ -206,30 +207,20 @@ class HttpBackend(Backend):
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def request(
-        self,
-        method: str,
-        params: Raw | Any = UNSET,
-        *,
-        session_key: str | None = None,
-        sink: MessageSink | None = None,
-        timeout: float | None = None,
-        era: str | None = None,
-        headers: dict[str, str] | None = None,
-        ticket: Ticket | None = None,
-        capabilities: dict[str, Any] | None = None,
-    ) -> Message:
+    async def request(self, call: BackendCall) -> Message:
         """POST one request in the right upstream session; returns the response message."""
         if self.state is not BackendState.READY:
             raise BackendUnavailable(f"backend {self.name!r} is {self.state.value}: {self.last_error}", reason="backend_down")
+        method, params, sink, ticket, timeout = call.method, call.params, call.sink, call.ticket, call.timeout
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
-        if (era or self.preferred_era) == "stateless" and "stateless" in self.eras:
-            return await self._request_stateless(method, params, headers, sink, limit, ticket)
+        if (call.era or self.preferred_era) == "stateless" and "stateless" in self.eras:
+            return await self._request_stateless(method, params, call.headers, sink, limit, ticket)
         shared = self.shared
+        session_key = call.session_key
         if shared.ready and (session_key is None or self.config.session != "per-client"):
             session = shared  # the fast path: no await before the request goes out
         else:
-            session = await self._session_for(session_key, capabilities)
+            session = await self._session_for(session_key, call.capabilities)
         for attempt in (1, 2):
             self._next_id += 1
             upstream_id = self._next_id
