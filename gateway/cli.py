@@ -19,6 +19,8 @@ import asyncio
 import gc
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -132,26 +134,40 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+async def _load(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Config, Any] | int:
+    """The config of ``serve`` and ``stdio`` (``--config``, or the bundled demo, which is started
+    here) and the demo's process (or None); an exit code after a one-line error."""
+    if args.config:
+        try:
+            return load_config(args.config), None
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    from gateway.demo import DemoUnavailable, start_demo
+
+    try:
+        config, demo_proc = await start_demo(Config().server)
+    except DemoUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    say("no --config given: running the bundled demo (backends 'notes' over stdio, 'time' over HTTP)")
+    return config, demo_proc
+
+
+async def _stop_demo(demo_proc: Any) -> None:
+    if demo_proc is not None and demo_proc.returncode is None:
+        demo_proc.terminate()
+        await demo_proc.wait()
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.server.listener import Server
 
-    demo_proc = None
-    try:
-        if args.config:
-            config = load_config(args.config)
-        else:
-            from gateway.demo import DemoUnavailable, start_demo
-
-            try:
-                config, demo_proc = await start_demo(Config().server)
-            except DemoUnavailable as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print("no --config given: running the bundled demo (backends 'notes' over stdio, 'time' over HTTP)")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    loaded = await _load(args, print)
+    if isinstance(loaded, int):
+        return loaded
+    config, demo_proc = loaded
     config = _overrides(config, args.host, args.port)
     gateway = Gateway(config)
     await gateway.start()
@@ -167,14 +183,15 @@ async def _serve(args: argparse.Namespace) -> int:
     for name, state, error in gateway.status():
         print(f"backend {name}: {state}" + (f" ({error})" if error else ""))
     shown = f"[{host}]" if ":" in host else host
-    print(f"mcp-gateway listening on http://{shown}:{port}{config.server.path}", flush=True)
+
+    def ready() -> None:
+        print(f"mcp-gateway listening on http://{shown}:{port}{config.server.path}", flush=True)
+
     try:
-        await server.serve_until_signal()
+        await server.serve_until_signal(ready)
     finally:
         await gateway.stop()
-        if demo_proc is not None and demo_proc.returncode is None:
-            demo_proc.terminate()
-            await demo_proc.wait()
+        await _stop_demo(demo_proc)
     return 0
 
 
@@ -192,25 +209,11 @@ async def _run_stdio(args: argparse.Namespace, out_fd: int) -> int:
     from gateway.app import Gateway
     from gateway.front.stdio import serve_stdio
 
-    demo_proc = None
-    try:
-        if args.config:
-            config = load_config(args.config)
-        else:
-            from gateway.demo import DemoUnavailable, start_demo
-
-            try:
-                config, demo_proc = await start_demo(Config().server)
-            except DemoUnavailable as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            log.info("no --config given: running the bundled demo (backends 'notes' over stdio, 'time' over HTTP)")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    loaded = await _load(args, log.info)
+    if isinstance(loaded, int):
+        return loaded
+    config, demo_proc = loaded
     try:
         return await serve_stdio(Gateway(config), stdout_fd=out_fd)
     finally:
-        if demo_proc is not None and demo_proc.returncode is None:
-            demo_proc.terminate()
-            await demo_proc.wait()
+        await _stop_demo(demo_proc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 import socket
 from typing import TYPE_CHECKING
 
@@ -91,13 +92,17 @@ class Server:
         if self._stopped is not None:
             self._stopped.set()
 
-    async def serve_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    async def serve_until_signal(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully. ``on_ready`` runs once the
+        signal handlers are in place (the CLI prints its "listening" line there, so a SIGTERM
+        sent as soon as that line is read is a clean shutdown, not a kill)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
             log.info("signal received: shutting down (up to %.0f s for requests in flight)", self.config.shutdown_timeout)
             await self.shutdown()
