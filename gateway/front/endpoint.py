@@ -54,6 +54,7 @@ from gateway.front.express import ExpressLane
 from gateway.front.answers import JSON_HEADERS, SSE_HEADERS, STATELESS_STATUS, request_failed, send_error, sse_event
 from gateway.front.forward import Forwarder
 from gateway.front.gate import HeaderGate, media_types
+from gateway.ops.health import health_body
 from gateway.front.streams import LEVELS, LIST_FLAGS, Listener, spawn
 from gateway.front.routing import Answered, Routing, params_raw, params_with
 from gateway.policy.admission import Admission
@@ -159,7 +160,7 @@ class McpFront:
         try:
             if request.path != self.path:
                 if request.path == "/healthz" and request.method == "GET":
-                    reply.send(200, JSON_HEADERS, self._health())
+                    reply.send(200, JSON_HEADERS, health_body(self.catalog.backends))
                     return
                 reply.send(404, JSON_HEADERS, error_body(None, InvalidRequest("not found", reason="path")))
                 return
@@ -186,11 +187,6 @@ class McpFront:
         except Exception:  # a bug: log it, never show it
             log.exception("unhandled error answering %s %s", request.method, request.path)
             send_error(reply, None, InternalError("internal gateway error"))
-
-    def _health(self) -> bytes:
-        """Liveness for load balancers and container health checks, with each backend's state."""
-        states = {name: b.state.value for name, b in self.catalog.backends.items()}
-        return encode({"status": "ok", "backends": states})
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -570,7 +566,7 @@ class McpFront:
         honored: dict[str, Any] = {k: True for k in LIST_FLAGS.values() if wanted.get(k) is True}
         uris = wanted.get("resourceSubscriptions")
         if isinstance(uris, list) and self._capabilities()["resources"].get("subscribe"):
-            honored["resourceSubscriptions"] = [u for u in uris if isinstance(u, str) and self._watch(u)]
+            honored["resourceSubscriptions"] = [u for u in uris if isinstance(u, str) and self._watch(u, ctx)]
         listener = Listener(reply, msg.id, honored)
         reply.start_stream(200, SSE_HEADERS)
         ack = Message(method="notifications/subscriptions/acknowledged", params=Raw(encode({"notifications": honored})))
@@ -584,10 +580,12 @@ class McpFront:
                 reply.end()
         return None
 
-    def _watch(self, uri: str) -> bool:
-        """Subscribe upstream (shared session) for a listener's resource; False if nobody serves it."""
-        route = self.catalog.snapshot.router.resolve_uri(uri)
-        if route is None:
+    def _watch(self, uri: str, ctx: RequestContext) -> bool:
+        """Subscribe upstream (shared session) for a listener's resource; False if nobody serves
+        it or admission refuses it (a routed ``resources/subscribe``, admitted once like any)."""
+        try:
+            route = self.routing.route(ctx, "resources/subscribe", "resource", uri, {"uri": Raw(encode(uri))})
+        except (GatewayError, Answered):
             return False
         backend, original = route
         if "handshake" in backend.eras:
