@@ -13,22 +13,17 @@ the refusal's status and code, in both paths.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from mcp import Client
 
-from gateway.app import Gateway
-from gateway.config import load_config_text
 from gateway.errors import Forbidden
 from gateway.policy.admission import Admission, Verdict
 from gateway.protocol.jsonrpc import Raw
-from gateway.server.listener import Server
 from tests.support import Child
-from tests.test_express import McpHttp, Response, Scripted
+from tests.test_express import McpHttp, Response, Scripted, gateway_for
 
 STATELESS = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": STATELESS, "io.modelcontextprotocol/clientCapabilities": {}}
@@ -50,44 +45,6 @@ class Counting(Admission):
 
     def outcome(self, principal: Any, ctx: Any, method: str, name: str, route: Any, answer: Any, error: Any) -> None:
         self.outcomes.append((method, name, error is None))
-
-
-class Running:
-    """One in-process gateway: its URL, its admission, and each verdict of its express lane."""
-
-    def __init__(self, url: str, admission: Counting, taken: list[bool]) -> None:
-        self.url = url
-        self.port = int(url.split(":")[2].split("/")[0])
-        self.admission = admission
-        self.taken = taken
-
-
-@contextlib.asynccontextmanager
-async def gateway_for(
-    backend_url: str, admission: Counting, *, express: bool = True, backend: str = ""
-) -> AsyncIterator[Running]:
-    text = f"[server]\nport = 0\n\n[gateway]\nexpress = {str(express).lower()}\n\n[backends.web]\nurl = {backend_url!r}\n{backend}\n"
-    config = load_config_text(text, fmt="toml")
-    gateway = Gateway(config, admission)
-    await gateway.start()
-    front = gateway.front
-    taken: list[bool] = []
-    lane = front.express
-    if lane is not None:
-
-        def counting(request: Any, reply: Any) -> bool:
-            verdict = lane(request, reply)
-            taken.append(verdict)
-            return verdict
-
-        front.express = counting  # type: ignore[assignment]
-    listener = Server(front, config.server)
-    _, port = await listener.start()
-    try:
-        yield Running(f"http://127.0.0.1:{port}/mcp", admission, taken)
-    finally:
-        await listener.shutdown()
-        await gateway.stop()
 
 
 async def stateless_post(port: int, method: str, params: dict[str, Any], name: str | None = None) -> Response:
@@ -114,7 +71,7 @@ async def stateless_post(port: int, method: str, params: dict[str, Any], name: s
 @pytest.mark.parametrize("express", [True, False], ids=["lane", "general"])
 async def test_each_call_is_admitted_once(http_backend: Child, express: bool) -> None:
     admission = Counting()
-    async with gateway_for(http_backend.url, admission, express=express) as gw:
+    async with gateway_for(http_backend.url, express=express, admission=admission) as gw:
         async with Client(gw.url, mode="legacy") as client:
             await client.list_tools()  # lists are not admitted: they pass the page filter
             for _ in range(2):  # the second round finds the pool settled (see test_express)
@@ -137,7 +94,7 @@ async def test_sse_calls_and_the_other_routed_methods_are_admitted_once(http_bac
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append(done)
 
-    async with gateway_for(http_backend.url, admission) as gw:
+    async with gateway_for(http_backend.url, admission=admission) as gw:
         async with Client(gw.url, mode="legacy") as client:
             result = await client.call_tool("web__progress", {"steps": 3}, progress_callback=on_progress)
             assert progress == [1.0, 2.0, 3.0] and not result.is_error
@@ -160,7 +117,7 @@ async def test_a_retried_call_is_admitted_once() -> None:
     for express in (True, False):
         admission = Counting()
         backend = Scripted(lambda n, msg: script.get(n, ("ok", {"content": [{"type": "text", "text": str(n)}]})))
-        async with backend as url, gateway_for(url, admission, express=express) as gw:
+        async with backend as url, gateway_for(url, express=express, admission=admission) as gw:
             client = McpHttp(gw.url)
             await client.open()
             first = await client.call(1)
@@ -174,7 +131,7 @@ async def test_a_retried_call_is_admitted_once() -> None:
 
 async def test_per_client_sessions_are_admitted_once(http_backend: Child) -> None:
     admission = Counting()
-    async with gateway_for(http_backend.url, admission, backend='session = "per-client"') as gw:
+    async with gateway_for(http_backend.url, backend='session = "per-client"', admission=admission) as gw:
         async with Client(gw.url, mode="legacy") as one, Client(gw.url, mode="legacy") as two:
             await one.call_tool("web__echo", {"text": "1"})
             await two.call_tool("web__echo", {"text": "2"})
@@ -184,7 +141,7 @@ async def test_per_client_sessions_are_admitted_once(http_backend: Child) -> Non
 
 async def test_the_stateless_era_is_admitted_once(http_backend: Child) -> None:
     admission = Counting()
-    async with gateway_for(http_backend.url, admission) as gw:
+    async with gateway_for(http_backend.url, admission=admission) as gw:
         called = await stateless_post(gw.port, "tools/call", {"name": "web__echo", "arguments": {"text": "s"}}, "web__echo")
         read = await stateless_post(gw.port, "resources/read", {"uri": "web+clock://epoch"}, "web+clock://epoch")
     assert called.status_code == 200 and json.loads(called.text)["result"]["content"][0]["text"] == "s"
@@ -197,7 +154,7 @@ async def test_the_stateless_era_is_admitted_once(http_backend: Child) -> None:
 
 async def test_unknown_names_and_lists_are_never_admitted(http_backend: Child) -> None:
     admission = Counting()
-    async with gateway_for(http_backend.url, admission) as gw:
+    async with gateway_for(http_backend.url, admission=admission) as gw:
         client = McpHttp(gw.url)
         await client.open()
         unknown = await client.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "web__nope"}})
@@ -215,7 +172,7 @@ async def test_a_refused_call_never_reaches_the_backend(express: bool) -> None:
     refusal = Forbidden("not for you", reason="test_refusal", http_status=403)
     admission = Counting(Verdict(error=refusal))
     backend = Scripted(lambda n, msg: ("ok", {"content": []}))
-    async with backend as url, gateway_for(url, admission, express=express) as gw:
+    async with backend as url, gateway_for(url, express=express, admission=admission) as gw:
         client = McpHttp(gw.url)
         await client.open()
         refused = await client.call(7)
@@ -234,7 +191,7 @@ async def test_a_refused_call_never_reaches_the_backend(express: bool) -> None:
 async def test_a_local_answer_is_sent_with_the_clients_id(express: bool) -> None:
     admission = Counting(Verdict(result=b'{"content":[{"type":"text","text":"from the gateway"}]}'))
     backend = Scripted(lambda n, msg: ("ok", {"content": []}))
-    async with backend as url, gateway_for(url, admission, express=express) as gw:
+    async with backend as url, gateway_for(url, express=express, admission=admission) as gw:
         client = McpHttp(gw.url)
         await client.open()
         answered = await client.call("abc")
@@ -251,7 +208,7 @@ async def test_admission_may_rewrite_the_arguments(http_backend: Child) -> None:
             return Verdict(params={**params, "arguments": Raw(b'{"text":"injected"}')})
 
     admission = Inject()
-    async with gateway_for(http_backend.url, admission) as gw:
+    async with gateway_for(http_backend.url, admission=admission) as gw:
         async with Client(gw.url, mode="legacy") as client:
             result = await client.call_tool("web__echo", {"text": "original"})
     assert result.content[0].text == "injected"  # type: ignore[union-attr]

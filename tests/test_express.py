@@ -25,6 +25,7 @@ from gateway.app import Gateway
 from gateway.backends.base import BackendCall, Ticket
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig, load_config_text
+from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
 from gateway.server.listener import Server
 from tests.support import Child, ScriptedHttp, handshake_answer
@@ -37,12 +38,15 @@ class Running:
 
     def __init__(self, url: str, taken: list[bool], server: Server) -> None:
         self.url = url
+        self.port = int(url.split(":")[2].split("/")[0])
         self.taken = taken
         self.server = server
 
 
 @contextlib.asynccontextmanager
-async def gateway_for(backend_url: str, *, express: bool = True, server: str = "", backend: str = "") -> AsyncIterator[Running]:
+async def gateway_for(
+    backend_url: str, *, express: bool = True, server: str = "", backend: str = "", admission: Admission | None = None
+) -> AsyncIterator[Running]:
     text = f"""
 [server]
 port = 0
@@ -56,7 +60,7 @@ url = {backend_url!r}
 {backend}
 """
     config = load_config_text(text, fmt="toml")
-    gateway = Gateway(config)
+    gateway = Gateway(config, admission)
     await gateway.start()
     front = gateway.front
     taken: list[bool] = []
