@@ -476,7 +476,9 @@ class HttpBackend(Backend):
                     ticket.handle = None  # a late cancel must not close a connection serving another request
             outcome = classify(exchange, answer, failure, self.name, attempt == 1, required)
             if outcome.timed_out:
-                self._abandon(conn, session, upstream_id)
+                # The connection the exchange is on now: a resumed SSE stream moved it to a new one,
+                # and the first went back to the pool, perhaps serving another request already.
+                self._abandon(exchange.conn or conn, session, upstream_id)
             if outcome.expired:
                 raise _SessionExpired()
             if outcome.retry:
