@@ -113,6 +113,14 @@ class ServerConfig(_Table):
     """Seconds after which an unused front session expires (then 404)."""
     sse_keepalive: _Seconds = 15.0
     """Seconds between SSE keep-alive comments on idle GET streams."""
+    tls_cert_file: _Text | None = None
+    """PEM certificate chain: with ``tls_key_file``, the listener serves HTTPS (HTTP/1.1, ALPN ``http/1.1``)."""
+    tls_key_file: _Text | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: _Text | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS); the
+    certificate's subject is then the caller's principal."""
+
 
 
 class GatewayConfig(_Table):
@@ -176,6 +184,15 @@ class BackendConfig(_Table):
     """Longest delay between restarts."""
     enabled: bool = True
     """Set false to keep a backend in the file but not run it."""
+    ca_file: _Text | None = None
+    """PEM CA bundle to verify an ``https://`` backend's certificate (default: the system trust
+    store, which honours ``SSL_CERT_FILE``)."""
+    tls_verify: bool = True
+    """Set false to skip verifying an ``https://`` backend's certificate and host name (the
+    gateway warns loudly at start: anyone on the path can read and change the traffic)."""
+    identity_headers: dict[_Text, Annotated[str, Meta(pattern=_HEADER_NAME)]] = {}
+    """Claims of the caller's token sent to this backend as headers, ``{ sub = "x-user" }``
+    (claim -> header), for backends that trust the gateway. The client's token itself is never sent."""
     roots: list[_FileUri | RootConfig] | None = None
     """The answer to the server's ``roots/list``: ``file://`` URIs (``"file:///srv"``) or tables
     (``{ uri = "file:///srv", name = "srv" }``). When set, the gateway answers ``roots/list``
@@ -202,6 +219,110 @@ class BackendConfig(_Table):
         return out
 
 
+_JWT_ALGORITHMS = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+_Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class ApiKeyConfig(_Table):
+    """``[[auth.api_keys]]``: one API key, presented as ``Authorization: Bearer KEY``."""
+
+    subject: Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+    """Who the key belongs to: the principal's subject (RBAC ``subjects``, audit)."""
+    key_sha256: _Sha256Hex | None = None
+    """The key's SHA-256, in hex (the key itself stays out of the file)."""
+    key: Annotated[str, Meta(min_length=16, pattern=_HEADER_VALUE)] | None = None
+    """The key itself, usually ``"${ENV_VAR}"``; give this or ``key_sha256``."""
+    roles: list[_Text] = []
+    """Roles of this principal (RBAC ``roles``)."""
+    scopes: list[_Text] = []
+    """Scopes of this principal (RBAC ``scopes``)."""
+
+
+class JwtIssuerConfig(_Table):
+    """``[[auth.jwt]]``: one token issuer whose JWTs are accepted."""
+
+    issuer: Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+    """The ``iss`` a token must carry, exactly."""
+    audiences: Annotated[list[_Text], Meta(min_length=1)]
+    """A token's ``aud`` must contain one of these (usually this gateway's ``[auth] resource``)."""
+    jwks_url: _Text | None = None
+    """Where the issuer publishes its keys (``https://``; fetched off the request path)."""
+    jwks_file: _Text | None = None
+    """A local JWKS file instead of ``jwks_url``."""
+    algorithms: Annotated[list[_JWT_ALGORITHMS], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["RS256"])
+    """Signature algorithms accepted from this issuer; a token's own ``alg`` is checked against
+    this list and never trusted (no ``none``, no HMAC: a public key is never a shared secret)."""
+    roles_claim: _Text | None = None
+    """Dotted path of the claim that lists the principal's roles (``realm_access.roles``)."""
+    scopes_claim: _Text = "scope"
+    """Dotted path of the claim with the scopes (a space-separated string or a list)."""
+    leeway: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    """Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``."""
+    ca_file: _Text | None = None
+    """PEM CA bundle to verify ``jwks_url``'s certificate (default: the system trust store)."""
+
+
+class AuthConfig(_Table):
+    """``[auth]``: who may call. Without it every client that reaches the port may call every tool."""
+
+    api_keys: list[ApiKeyConfig] = []
+    """Static API keys."""
+    jwt: list[JwtIssuerConfig] = []
+    """Accepted JWT issuers, one table each."""
+    resource: _Text | None = None
+    """This endpoint's canonical URL (OAuth 2.1 resource server; RFC 9728 metadata). Configured,
+    never guessed from the bind address."""
+    authorization_servers: list[_Text] = []
+    """Authorization servers listed in the protected-resource metadata."""
+    scopes_supported: list[_Text] = []
+    """Scopes listed in the protected-resource metadata."""
+
+
+_Glob = Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+
+
+class RbacRule(_Table):
+    """``[[rbac.rules]]``: who (any of ``roles``, ``scopes``, ``subjects``; none: every
+    authenticated caller) may (``effect``) call what (globs over exposed names and URIs)."""
+
+    name: Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+    """Named in refusals and decision logs."""
+    effect: Literal["allow", "deny"] = "allow"
+    """Deny beats allow, whatever the order of the rules."""
+    roles: list[_Text] = []
+    """The rule applies to a principal with any of these roles."""
+    scopes: list[_Text] = []
+    """... or any of these scopes."""
+    subjects: list[_Text] = []
+    """... or one of these subjects."""
+    tools: list[_Glob] = []
+    """Globs over exposed tool names (``docs__*``)."""
+    prompts: list[_Glob] = []
+    """Globs over exposed prompt names."""
+    resources: list[_Glob] = []
+    """Globs over exposed resource URIs (``docs+file:///public/*``)."""
+    arguments: dict[_Text, _Glob] = {}
+    """An allow rule's conditions on a call's string arguments: ``{ path = "/public/*" }``."""
+
+
+class RbacConfig(_Table):
+    """``[rbac]``: what each caller may call."""
+
+    default: Literal["deny", "allow"] | None = None
+    """What no rule decides: ``deny`` when rules exist and this is unset, ``allow`` without rules."""
+    mode: Literal["enforce", "shadow"] = "enforce"
+    """``shadow`` decides and logs, but never refuses: the way to roll rules out safely."""
+    rules: list[RbacRule] = []
+    """The rules; deny beats allow."""
+
+    @property
+    def default_effect(self) -> Literal["deny", "allow"]:
+        """``default``, or what it means when unset."""
+        if self.default is not None:
+            return self.default
+        return "deny" if self.rules else "allow"
+
+
 class Config(_Table):
     """The whole file."""
 
@@ -211,6 +332,10 @@ class Config(_Table):
     """Aggregation and routing."""
     backends: dict[_Name, BackendConfig] = {}
     """The MCP servers behind the gateway, by name (1-32 of A-Z a-z 0-9 _ -)."""
+    auth: AuthConfig | None = None
+    """Authentication; unset: no authentication (fine on loopback only)."""
+    rbac: RbacConfig | None = None
+    """Authorization rules; unset: every authenticated caller may call everything."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -683,9 +808,30 @@ def _substitute(value: Any, env: Mapping[str, str], where: _Where, path: tuple[s
     return value
 
 
+def _validate_auth(config: Config, where: _Where) -> None:
+    """``[auth]`` and ``[server]`` TLS: what the types cannot say."""
+    server = config.server
+    if (server.tls_cert_file is None) != (server.tls_key_file is None):
+        raise where.error(("server", "tls_cert_file"), "needs 'tls_key_file' too (and the other way round)")
+    if server.tls_client_ca_file is not None and server.tls_cert_file is None:
+        raise where.error(("server", "tls_client_ca_file"), "mutual TLS needs 'tls_cert_file' and 'tls_key_file'")
+    auth = config.auth
+    if auth is None:
+        return
+    for i, key in enumerate(auth.api_keys):
+        if (key.key is None) == (key.key_sha256 is None):
+            raise where.error(("auth", "api_keys", i), "give exactly one of 'key' or 'key_sha256'")
+    for i, issuer in enumerate(auth.jwt):
+        if (issuer.jwks_url is None) == (issuer.jwks_file is None):
+            raise where.error(("auth", "jwt", i), "give exactly one of 'jwks_url' or 'jwks_file'")
+        if issuer.jwks_url is not None and not issuer.jwks_url.startswith(("https://", "http://")):
+            raise where.error(("auth", "jwt", i, "jwks_url"), "must be an https:// URL")
+
+
 def _validate(config: Config, where: _Where) -> None:
     """What the types cannot say: one of url/command, URLs, options of the other transport,
     headers the gateway writes itself, unique namespaces, passthrough's single backend."""
+    _validate_auth(config, where)
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
     if config.gateway.passthrough and len(enabled) != 1:
         raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
