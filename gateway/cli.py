@@ -82,8 +82,9 @@ def _serve_workers(args: argparse.Namespace) -> int:
         return 2
     argv = ["serve", "--log-level", args.log_level] + (["--config", args.config] if args.config else [])
     server = config.server
+    scheme = "https" if server.tls_cert_file is not None else "http"
     try:
-        return asyncio.run(run_workers(args.workers, argv, server.host, server.port, server.path))
+        return asyncio.run(run_workers(args.workers, argv, server.host, server.port, server.path, scheme=scheme))
     except KeyboardInterrupt:
         return 130
 
@@ -182,10 +183,11 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     for name, state, error in gateway.status():
         print(f"backend {name}: {state}" + (f" ({error})" if error else ""))
+    _exposure_warnings(config, port)
     shown = f"[{host}]" if ":" in host else host
 
     def ready() -> None:
-        print(f"mcp-gateway listening on http://{shown}:{port}{config.server.path}", flush=True)
+        print(f"mcp-gateway listening on {server.scheme}://{shown}:{port}{config.server.path}", flush=True)
 
     try:
         await server.serve_until_signal(ready)
@@ -193,6 +195,31 @@ async def _serve(args: argparse.Namespace) -> int:
         await gateway.stop()
         await _stop_demo(demo_proc)
     return 0
+
+
+def _exposure_warnings(config: Config, port: int) -> None:
+    """Say plainly, at start, when a listener beyond loopback lets anyone call every tool (no
+    ``[auth]``), or carries credentials in clear text (``[auth]`` but no TLS)."""
+    import ipaddress
+
+    server = config.server
+    host = server.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if loopback:
+        return
+    if config.auth is None:
+        log.warning(
+            "listening on %s beyond loopback WITHOUT [auth]: anyone who can reach port %d may call every tool; "
+            "configure [auth] or listen on 127.0.0.1", host, port,
+        )
+    elif server.tls_cert_file is None:
+        log.warning(
+            "listening on %s beyond loopback without TLS: API keys and tokens cross the network in clear text; "
+            "set [server] tls_cert_file and tls_key_file, or keep a TLS proxy in front", host,
+        )
 
 
 def _stdio(args: argparse.Namespace) -> int:

@@ -74,7 +74,7 @@ _Text = Annotated[str, Meta(pattern=_NO_NUL)]
 _HeaderValue = Annotated[str, Meta(pattern=_HEADER_VALUE)]
 _FileUri = Annotated[str, Meta(pattern=_FILE_URI)]
 
-_URL_SCHEMES = ("http",)
+_URL_SCHEMES = ("http", "https")
 """Backend URL schemes the HTTP backend speaks."""
 
 
@@ -155,7 +155,8 @@ class BackendConfig(_Table):
     """``[backends.NAME]``: one MCP server. Give ``url`` (HTTP) or ``command`` (stdio)."""
 
     url: str | None = None
-    """Streamable HTTP endpoint of the server: ``http://HOST[:PORT]/PATH``."""
+    """Streamable HTTP endpoint of the server: ``http://HOST[:PORT]/PATH`` or ``https://...``
+    (TLS, port 443 by default; the certificate and host name are verified)."""
     headers: dict[Annotated[str, Meta(pattern=_HEADER_NAME)], _HeaderValue] = {}
     """Static headers sent to an HTTP backend (never the client's credentials)."""
     bearer_token: _HeaderValue | None = None
@@ -437,7 +438,7 @@ def load_config_text(
 
 
 def url_problem(url: str) -> str | None:
-    """What is wrong with a backend URL (None: it is an ``http://HOST[:PORT]/PATH`` the HTTP backend can use)."""
+    """What is wrong with a backend URL (None: it is an ``http(s)://HOST[:PORT]/PATH`` the HTTP backend can use)."""
     if not url.isascii():
         return "must be ASCII (percent-encode other characters; use the punycode form of a host name)"
     if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
@@ -446,8 +447,6 @@ def url_problem(url: str) -> str | None:
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         return "is not a URL: expected http://HOST[:PORT]/PATH"
     scheme = scheme.lower()
-    if scheme == "https" and "https" not in _URL_SCHEMES:
-        return "https backends are not supported yet"
     if scheme not in _URL_SCHEMES:
         supported = ", ".join(f"{s}://" for s in _URL_SCHEMES)
         return f"unknown URL scheme {scheme!r}; supported: {supported}"
@@ -860,15 +859,21 @@ def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Whe
         for key in ("args", "env", "cwd"):
             if getattr(backend, key):
                 raise where.error((*path, key), "is for stdio backends ('command'); this one has 'url'")
+        if not backend.url.lower().startswith("https://"):
+            for key, set_ in (("ca_file", backend.ca_file is not None), ("tls_verify", not backend.tls_verify)):
+                if set_:
+                    raise where.error((*path, key), "is for https:// backends; this one's url is plain http://")
         for header in backend.headers:
             if header.lower() in _RESERVED_HEADERS:
                 raise where.error((*path, "headers", header), "is set by the gateway itself")
             if header.lower() == "authorization" and backend.bearer_token:
                 raise where.error((*path, "headers", header), "conflicts with 'bearer_token': give one of them")
     else:
-        for key in ("headers", "bearer_token"):
+        for key in ("headers", "bearer_token", "ca_file"):
             if getattr(backend, key):
                 raise where.error((*path, key), "is for HTTP backends ('url'); this one has 'command'")
+        if not backend.tls_verify:
+            raise where.error((*path, "tls_verify"), "is for HTTP backends ('url'); this one has 'command'")
     if backend.restart_initial_delay > backend.restart_max_delay:
         raise where.error(
             (*path, "restart_initial_delay"),
@@ -879,8 +884,16 @@ def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Whe
 def describe(config: Config) -> str:
     """What ``mcp-gateway serve`` would run with this config, secrets redacted."""
     s, g = config.server, config.gateway
+    if s.tls_cert_file is None:
+        tls = "tls: off (plain HTTP)"
+    else:
+        tls = f"tls: on (cert {s.tls_cert_file}, key {s.tls_key_file}), " + (
+            f"mutual TLS: client certificates signed by {s.tls_client_ca_file} required"
+            if s.tls_client_ca_file else "mutual TLS: off"
+        )
     lines = [
-        f"listen: http://{s.host}:{s.port}{s.path}",
+        f"listen: {'https' if s.tls_cert_file is not None else 'http'}://{s.host}:{s.port}{s.path}",
+        tls,
         f"limits: body {s.max_body_bytes} B, headers {s.max_header_bytes} B / {s.max_headers} lines, "
         f"url {s.max_url_bytes} B, header timeout {s.header_timeout:g} s, idle {s.idle_timeout:g} s",
         f"routing: {'passthrough (no prefix)' if g.passthrough else f'namespaces, separator {g.separator!r}'}, "
@@ -898,6 +911,10 @@ def describe(config: Config) -> str:
             if b.env:
                 target += f" (env: {', '.join(f'{k}=***' for k in b.env)})"
         state = "" if b.enabled else " [disabled]"
+        if b.ca_file is not None:
+            state = f", ca_file {b.ca_file}" + state
+        if not b.tls_verify:
+            state = ", tls_verify = false (certificate NOT verified)" + state
         roots = b.root_list
         if roots is not None:
             state = f", roots [{', '.join(r['uri'] for r in roots)}]" + state

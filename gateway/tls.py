@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import ssl
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["SHUTDOWN_TIMEOUT", "client_context", "peer_subject", "server_context"]
+
+SHUTDOWN_TIMEOUT = 5.0
+"""Seconds a closing TLS connection waits for the peer's close_notify (the event loop's default,
+30 s, would keep a connection to a hung peer, and its pool slot, that long)."""
 
 
 def server_context(cert_file: str, key_file: str, client_ca_file: str | None = None) -> ssl.SSLContext:
@@ -31,3 +35,19 @@ def client_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLCo
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def peer_subject(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The subject of the peer's certificate as an RFC 4514 string, most specific first
+    (``CN=alice,OU=ops,O=Example``), with the RFC's escaping, so no attribute's value can pass
+    for another attribute (a CN ``"alice,O=admins"`` reads ``CN=alice\\,O=admins``).
+    Attributes RFC 4514 names no short form for are written as their dotted OID. None when the
+    peer sent no certificate."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509  # only with mutual TLS, once per connection
+
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()

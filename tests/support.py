@@ -348,3 +348,85 @@ async def watched_transport(url: str) -> AsyncIterator[tuple[Any, asyncio.Event]
     timeout = httpx2.Timeout(30.0, read=300.0)
     async with httpx2.AsyncClient(timeout=timeout, event_hooks={"response": [on_response]}) as http:
         yield streamable_http_client(url, http_client=http), opened
+
+
+# -- TLS: a test CA, its certificates, and clients that trust it ----------------------------------
+
+
+class Pki:
+    """Test certificates (``trustme``), written as PEM files under ``directory``: ``ca`` (the
+    CA the gateway and the tests trust, ``ca_file``), ``other_ca`` (one nobody trusts,
+    ``other_ca_file``), and ``server``, a ``(cert, key)`` pair from ``ca`` for 127.0.0.1 and
+    localhost. ``issue`` makes more."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        import trustme
+
+        self.directory = directory
+        self.ca = trustme.CA(organization_name="mcp-gateway test CA")
+        self.other_ca = trustme.CA(organization_name="someone else's CA")
+        self.ca_file = self._write("ca.pem", self.ca.cert_pem.bytes())
+        self.other_ca_file = self._write("other-ca.pem", self.other_ca.cert_pem.bytes())
+        self.server = self.issue("server", "127.0.0.1", "localhost")
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.directory / name
+        path.write_bytes(data)
+        return str(path)
+
+    def issue(self, name: str, *identities: str, other_ca: bool = False, **subject: str) -> tuple[str, str]:
+        """A certificate for ``identities`` (host names, IP addresses, e-mail addresses) from
+        ``ca`` (``other_ca``: from the CA nobody trusts), written as ``NAME.pem`` (the chain)
+        and ``NAME.key``; ``subject``: trustme's ``common_name``, ``organization_name``,
+        ``organization_unit_name``. Returns ``(cert file, key file)``."""
+        leaf = (self.other_ca if other_ca else self.ca).issue_cert(*identities, **subject)  # type: ignore[arg-type]
+        cert = self._write(f"{name}.pem", b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        return cert, self._write(f"{name}.key", leaf.private_key_pem.bytes())
+
+    def client_context(self, cert: tuple[str, str] | None = None) -> Any:
+        """An ``ssl.SSLContext`` trusting ``ca`` only, presenting ``cert`` (mutual TLS) when given."""
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
+
+
+def sdk_https_server(cert: tuple[str, str]) -> Child:
+    """The SDK Streamable HTTP test server over HTTPS with ``cert`` (``(cert file, key file)``)."""
+    args = [sys.executable, str(SERVERS / "sdk_http_server.py"), "--port", "0", "--certfile", cert[0], "--keyfile", cert[1]]
+    return Child(args, "listening on")
+
+
+def https_exchange(port: int, data: bytes, context: Any, *, timeout: float = 10.0) -> RawResponse:
+    """``raw_exchange`` over TLS, verifying the server as 127.0.0.1 with ``context``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        with context.wrap_socket(plain, server_hostname="127.0.0.1") as sock:
+            sock.sendall(data)
+            return read_response(sock, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def https_transport(url: str, context: Any) -> AsyncIterator[Any]:
+    """The SDK's Streamable HTTP transport to ``url`` (pass it to ``mcp.Client`` instead of the URL),
+    its HTTP client verifying the server (and presenting a client certificate) with ``context``."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0), verify=context) as http:
+        yield streamable_http_client(url, http_client=http)
+
+
+class TlsScriptedHttp(ScriptedHttp):
+    """``ScriptedHttp`` over TLS: ``context`` is its server ``ssl.SSLContext`` (load another
+    certificate into it to change what new connections are shown). ``async with`` gives its
+    ``https://127.0.0.1:PORT/mcp`` URL."""
+
+    def __init__(self, answer: Callable[[dict], Awaitable[Answer | None]], context: Any) -> None:
+        super().__init__(answer)
+        self.context = context
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"

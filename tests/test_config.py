@@ -60,9 +60,9 @@ def test_errors_name_key_and_line(text: str, expected: str) -> None:
     [
         ("[backends.a]\n", "exactly one of 'url'"),
         ('[backends.a]\ncommand = "x"\nurl = "http://h/"\n', "exactly one of 'url'"),
-        ('[backends.a]\nurl = "ftp://h/"\n', "unknown URL scheme 'ftp'; supported: http://"),
-        ('[backends.a]\nurl = "htp://h/"\n', "unknown URL scheme 'htp'; supported: http://"),
-        ('[backends.a]\nurl = "https://h/"\n', "https backends are not supported yet"),
+        ('[backends.a]\nurl = "ftp://h/"\n', "unknown URL scheme 'ftp'; supported: http://, https://"),
+        ('[backends.a]\nurl = "htp://h/"\n', "unknown URL scheme 'htp'; supported: http://, https://"),
+        ('[backends.a]\nurl = "http://h/"\nca_file = "/ca.pem"\n', "'backends.a.ca_file': is for https:// backends"),
         ('[backends.a]\nurl = "http://h:notaport/"\n', "port 'notaport' is not a number"),
         ('[backends.a]\nurl = "http://h:70000/"\n', r"port 70000 is out of range \(1..65535\)"),
         ('[backends.a]\nurl = "http:///mcp"\n', "has no host"),
@@ -234,13 +234,13 @@ CHECK_CASES = {
     "misspelt-server-table": ("[servr]\nport = 0\n", ":1: unknown key 'servr' (did you mean 'server'?)", "[server]\nport = 0\n"),
     "url-scheme-typo": (
         '[backends.x]\nurl = "htp://127.0.0.1:9000/mcp"\n',
-        ":2: 'backends.x.url': unknown URL scheme 'htp'; supported: http://",
+        ":2: 'backends.x.url': unknown URL scheme 'htp'; supported: http://, https://",
         "[backends.x]\n" + URL,
     ),
-    "url-https": (
-        '[backends.x]\nurl = "https://127.0.0.1:9000/mcp"\n',
-        ":2: 'backends.x.url': https backends are not supported yet",
-        "[backends.x]\n" + URL,
+    "tls-verify-on-plain-http": (
+        '[backends.x]\nurl = "http://127.0.0.1:9000/mcp"\ntls_verify = false\n',
+        ":3: 'backends.x.tls_verify': is for https:// backends; this one's url is plain http://",
+        '[backends.x]\nurl = "https://127.0.0.1:9000/mcp"\ntls_verify = false\n',
     ),
     "stdio-command-not-on-path": (
         '[server]\nport = 0\n[backends.x]\ncommand = "no-such-binary"\n',

@@ -49,8 +49,11 @@ async def _start_worker(argv: list[str]) -> tuple[asyncio.subprocess.Process, li
             return proc, lines
 
 
-async def run_workers(count: int, serve_argv: list[str], host: str, port: int, path: str) -> int:
-    """Run ``count`` workers (``serve_argv`` is the serve command line without host/port)."""
+async def run_workers(
+    count: int, serve_argv: list[str], host: str, port: int, path: str, *, scheme: str = "http"
+) -> int:
+    """Run ``count`` workers (``serve_argv`` is the serve command line without host/port; each
+    worker reads the config itself, TLS included). ``scheme``: ``https`` when they serve TLS."""
     # One signing key for all workers, so each accepts sessions the others made.
     os.environ.setdefault("MCP_GATEWAY_SESSION_SECRET", secrets.token_urlsafe(32))
     reserve, port = _reserve_port(host, port)
@@ -63,7 +66,7 @@ async def run_workers(count: int, serve_argv: list[str], host: str, port: int, p
     for line in started[0][1][:-1]:
         print(line)
     shown = f"[{host}]" if ":" in host else host
-    print(f"mcp-gateway listening on http://{shown}:{port}{path} ({count} workers)", flush=True)
+    print(f"mcp-gateway listening on {scheme}://{shown}:{port}{path} ({count} workers)", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

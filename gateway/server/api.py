@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-__all__ = ["App", "Reply", "Request"]
+__all__ = ["App", "Reply", "Request", "TlsRequest"]
 
 
 class Request:
@@ -34,6 +34,12 @@ class Request:
     """
 
     __slots__ = ("method", "path", "query", "headers", "body", "client", "keep_alive")
+
+    tls_subject: str | None = None
+    """With mutual TLS (``[server] tls_client_ca_file``): the verified client certificate's
+    subject as an RFC 4514 string (``CN=alice,O=Example``); None otherwise. A class attribute
+    here, so a plain request costs nothing for it; a mutual-TLS connection makes
+    ``TlsRequest``s, which carry it in a slot."""
 
     def __init__(
         self,
@@ -52,6 +58,12 @@ class Request:
         self.body = body
         self.client = client
         self.keep_alive = keep_alive
+
+
+class TlsRequest(Request):
+    """A request on a mutual-TLS connection: ``tls_subject`` is the client certificate's subject."""
+
+    __slots__ = ("tls_subject",)
 
 
 class Reply(Protocol):

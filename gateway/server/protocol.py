@@ -19,6 +19,12 @@ idle; while it is busy (pipelining, or an app still running after its reply
 went out, such as a call held for the client's next round), the request gets
 a task of its own. Only the oldest unfinished cycle writes to the transport,
 so responses still leave in request order.
+
+Over TLS the same ``HttpProtocol`` serves the decrypted stream (the listener
+hands uvloop the context), so HTTPS adds nothing per request. With mutual TLS
+each connection is a ``MutualTlsProtocol``: the client certificate's subject is
+read once, when the connection is made, and every request on it is a
+``TlsRequest`` carrying it.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import httptools
 
 from gateway._fast import USING_EXTENSIONS, keep_alive, parse_request
 from gateway.server import responses as R
-from gateway.server.api import App, Request
+from gateway.server.api import App, Request, TlsRequest
+from gateway.tls import peer_subject
 
 if TYPE_CHECKING:
     from gateway.config import ServerConfig
 
-__all__ = ["HttpProtocol", "ServerState"]
+__all__ = ["HttpProtocol", "MutualTlsProtocol", "ServerState"]
 
 log = logging.getLogger("gateway.server")
 
@@ -584,3 +591,32 @@ class HttpProtocol(asyncio.Protocol):
             for cycle in self.cycles:
                 cycle._mark_closed()
             self.transport.abort()
+
+
+class MutualTlsProtocol(HttpProtocol):
+    """An HTTPS connection whose client presented a certificate the listener verified (mutual
+    TLS): its subject is read once, here, and each request on the connection carries it as
+    ``Request.tls_subject``. Plain and one-way TLS connections are ``HttpProtocol``s and pay
+    nothing for this."""
+
+    tls_subject: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called once the handshake is done: the certificate is verified (CERT_REQUIRED).
+        try:
+            self.tls_subject = peer_subject(transport.get_extra_info("ssl_object"))
+        except Exception as exc:  # a certificate OpenSSL accepted but cryptography cannot read
+            log.warning("client certificate's subject cannot be read (%s): connection refused", exc)
+            transport.close()
+            return
+        if self.tls_subject is None:  # cannot happen with CERT_REQUIRED; never serve without one
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def _dispatch(self, request: Request, keep: bool) -> None:
+        tls = TlsRequest(
+            request.method, request.path, request.query, request.headers, request.body, request.client, request.keep_alive
+        )
+        tls.tls_subject = self.tls_subject
+        super()._dispatch(tls, keep)

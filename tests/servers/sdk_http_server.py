@@ -3,6 +3,7 @@
     python tests/servers/sdk_http_server.py --port 0
 
 Prints ``listening on http://127.0.0.1:PORT/mcp`` once it accepts connections.
+With ``--certfile FILE --keyfile FILE`` it serves HTTPS instead (and prints ``https://``).
 Tools ``echo``, ``multiply``, ``progress`` (answers as SSE, progress first) and
 ``add_tool`` (adds a tool and announces ``tools/list_changed``); a static
 resource, a resource template and a prompt.
@@ -75,17 +76,23 @@ def greet(name: str) -> str:
     return f"Say hello to {name}."
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, certfile: str | None = None, keyfile: str | None = None) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
+    config = uvicorn.Config(
+        server.streamable_http_app(), log_level="warning", lifespan="on", ssl_certfile=certfile, ssl_keyfile=keyfile
+    )
+    scheme = "https" if certfile else "http"
+    print(f"listening on {scheme}://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_serve(parser.parse_args().port))
+    parser.add_argument("--certfile", help="PEM certificate chain: serve HTTPS")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.certfile, args.keyfile))

@@ -13,6 +13,10 @@ connection of its own.
 
 Static headers and the bearer token come from the config; nothing from the
 gateway's clients is forwarded.
+
+An ``https://`` backend is reached over TLS (see ``pool``): its certificate and
+host name are verified, and one that fails leaves the backend DOWN with
+``certificate verify failed: ...``, retried like any unreachable backend.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from gateway.backends.base import (
 )
 from gateway.backends.http.connection import Connection, Exchange
 from gateway.backends.http.outcome import classify
-from gateway.backends.http.pool import Pool, QueuedCall, expire
+from gateway.backends.http.pool import Pool, QueuedCall, connect_problem, expire
 from gateway.backends.http.session import UpSession, stateless_session
 from gateway.backends.http.stream import BACKOFF_MAX, NotificationStream, get_request
 from gateway.config import BackendConfig
@@ -60,17 +64,18 @@ class _SessionExpired(Exception):
 
 
 class HttpBackend(Backend):
-    """An MCP server reached over Streamable HTTP (``http://`` only)."""
+    """An MCP server reached over Streamable HTTP (``http://`` or ``https://``)."""
 
     def __init__(
         self, name: str, config: BackendConfig, *, default_timeout: float = 60.0, client_info: dict[str, Any] | None = None
     ) -> None:
         super().__init__(name, config)
         parts = urlsplit(config.url or "")
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"backend {name!r}: only http:// URLs are supported, got {config.url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"backend {name!r}: only http:// and https:// URLs are supported, got {config.url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.default_timeout = default_timeout
         self.log = logging.getLogger(f"gateway.backend.{name}")
@@ -82,7 +87,7 @@ class HttpBackend(Backend):
         self.shared = UpSession()
         self._stateless = stateless_session()
         self._per_client: dict[str, UpSession] = {}
-        self.pool = Pool(self, config, self.host, self.port, self._deadlines)
+        self.pool = Pool(self, config, self.host, self.port, self._deadlines, tls=self.tls)
         # The pool's containers, read here on the fast paths without going through the pool.
         self._idle = self.pool.idle
         self._all = self.pool.all
@@ -109,6 +114,12 @@ class HttpBackend(Backend):
     async def start(self) -> None:
         """Initialize the shared session; if that fails, DOWN and retried in the background."""
         self.stopping = self.pool.closing = False
+        if self.tls and not self.config.tls_verify:
+            self.log.warning(
+                "%s: TLS WITHOUT VERIFICATION (tls_verify = false): the certificate of %s is not checked; "
+                "anyone on the network path can read and change this backend's traffic, credentials included",
+                self.name, self.config.url,
+            )
         try:
             await self._probe()
         except (BackendUnavailable, BackendTimeout) as exc:
@@ -189,7 +200,7 @@ class HttpBackend(Backend):
     def connect_failed(self, exc: BaseException) -> None:
         """A new pool connection could not be made: a READY backend that is not stopping goes DOWN."""
         if self.state is BackendState.READY and not self.stopping:
-            self._went_down(f"cannot connect: {exc or 'timeout'}")
+            self._went_down(f"cannot connect: {connect_problem(exc)}")
 
     async def _recover(self) -> None:
         delay = 0.5
@@ -606,7 +617,7 @@ class HttpBackend(Backend):
         try:
             conn = await self.pool.open_connection()
         except (OSError, asyncio.TimeoutError) as exc:
-            exchange.fail(BackendUnavailable(f"backend {self.name!r}: cannot resume its stream: {exc}"))
+            exchange.fail(BackendUnavailable(f"backend {self.name!r}: cannot resume its stream: {connect_problem(exc)}"))
             return
         head = get_request(self.path, self._head, session, exchange.last_id or "")
         exchange.status = 0

@@ -8,11 +8,17 @@ a request arriving meanwhile cannot take it first and leave the waiter
 starving. Two kinds wait in the same line, served in arrival order: the general
 path's futures (``Pool.acquire``) and express calls (``QueuedCall``), which wait
 with no task.
+
+Every connection to the backend is opened here (``open_connection``: the pool's,
+the notification stream's, an SSE resumption's); for an ``https://`` backend
+each is TLS, verified against ``ca_file`` or the system trust store (or not at
+all with ``tls_verify = false``), with the URL's host name checked and sent as SNI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,19 +26,30 @@ from gateway.backends.base import ExpressAnswer, MessageSink, Ticket
 from gateway.backends.http.connection import Connection, ConnectionOwner
 from gateway.errors import BackendUnavailable
 from gateway.protocol.jsonrpc import Message, Raw
+from gateway.tls import SHUTDOWN_TIMEOUT, client_context
 
 if TYPE_CHECKING:
     from gateway.backends.http.session import UpSession
     from gateway.config import BackendConfig
     from gateway.timers import Deadlines
 
-__all__ = ["Pool", "PoolOwner", "QueuedCall", "expire"]
+__all__ = ["Pool", "PoolOwner", "QueuedCall", "connect_problem", "expire"]
 
 
 def expire(waiter: asyncio.Future[Any] | QueuedCall) -> None:
     """Deadline callback: a wait for a pool connection took too long."""
     if not waiter.done():
         waiter.set_exception(asyncio.TimeoutError())
+
+
+def connect_problem(exc: BaseException) -> str:
+    """Why a connection could not be made, in one line: a certificate the backend's is not
+    trusted for (``certificate verify failed: ...``), another TLS failure, or the socket's error."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {(exc.verify_message or exc.reason or '').rstrip('.')}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return str(exc) or "connect timeout"
 
 
 class PoolOwner(ConnectionOwner, Protocol):
@@ -58,11 +75,16 @@ class Pool:
     ``waiters`` in line for one. The backend reads ``idle`` and ``all`` directly on its
     fast paths; only the pool changes them."""
 
-    def __init__(self, owner: PoolOwner, config: BackendConfig, host: str, port: int, deadlines: Deadlines) -> None:
+    def __init__(
+        self, owner: PoolOwner, config: BackendConfig, host: str, port: int, deadlines: Deadlines, *, tls: bool = False
+    ) -> None:
         self.owner = owner
         self.config = config
         self.host = host
         self.port = port
+        self.tls = tls  # an https:// backend: every connection is TLS
+        # Made once, at the first connection (a ca_file that does not load: each connect says so).
+        self.ssl: ssl.SSLContext | None = None
         self.deadlines = deadlines  # the backend's: pool waits and request timeouts on one tick
         self.idle: deque[Connection] = deque()
         self.all: set[Connection] = set()
@@ -116,7 +138,7 @@ class Pool:
         except (OSError, asyncio.TimeoutError) as exc:
             self.owner.connect_failed(exc)
             raise BackendUnavailable(
-                f"backend {self.owner.name!r} is unreachable: {exc or 'connect timeout'}", reason="backend_connection"
+                f"backend {self.owner.name!r} is unreachable: {connect_problem(exc)}", reason="backend_connection"
             ) from None
         finally:
             self.all.discard(placeholder)
@@ -124,14 +146,33 @@ class Pool:
         return conn
 
     async def open_connection(self) -> Connection:
-        """A new connection to the backend, not counted in the pool (a stream of its own);
-        raises ``OSError`` or ``asyncio.TimeoutError`` after ``connect_timeout``."""
+        """A new connection to the backend, not counted in the pool (a stream of its own), over
+        TLS for an https:// backend; raises ``OSError`` (``ssl.SSLError`` for a certificate that
+        fails verification) or ``asyncio.TimeoutError`` after ``connect_timeout``."""
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: Connection(self.owner, self), self.host, self.port),
-            self.config.connect_timeout,
-        )
+
+        def factory() -> Connection:
+            return Connection(self.owner, self)
+
+        if not self.tls:
+            connecting = loop.create_connection(factory, self.host, self.port)
+        else:
+            context = self.ssl if self.ssl is not None else self._tls_context()
+            connecting = loop.create_connection(
+                factory, self.host, self.port, ssl=context, server_hostname=self.host, ssl_shutdown_timeout=SHUTDOWN_TIMEOUT
+            )
+        _, conn = await asyncio.wait_for(connecting, self.config.connect_timeout)
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The client TLS context of an https:// backend, made once (``OSError`` naming
+        ``ca_file`` when it cannot be loaded; the next connect tries again)."""
+        config = self.config
+        try:
+            self.ssl = client_context(config.ca_file, config.tls_verify)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot load ca_file {config.ca_file!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        return self.ssl
 
     def release(self, conn: Connection) -> None:
         """A connection is free: to the first waiter in line, else back to the idle pool."""
