@@ -2,16 +2,22 @@
 
 Per request, in this order (each step either continues or answers):
 
-1. path, then DNS-rebinding checks: ``Host`` (421) and ``Origin`` (403);
+1. path (``/healthz`` and, with ``[auth] resource``, the RFC 9728 metadata at
+   ``/.well-known/oauth-protected-resource[/path]`` are answered without
+   credentials), then the header gate: DNS-rebinding checks, ``Host`` (421) and
+   ``Origin`` (403); for a POST ``Content-Type`` (415) and ``Accept`` (406);
+   then, with ``[auth]``, the credentials (401 with ``WWW-Authenticate``; a
+   token whose issuer keys are being fetched waits for them, bounded);
 2. HTTP method: POST (messages), GET (the session's notification stream),
    DELETE (end the session); anything else 405;
-3. POST: ``Content-Type`` (415), ``Accept`` (406), body decoded as a JSON-RPC
-   envelope (400: -32700 / -32600), ``MCP-Protocol-Version`` (400);
+3. POST: body decoded as a JSON-RPC envelope (400: -32700 / -32600),
+   ``MCP-Protocol-Version`` (400);
 4. the era: a 2026-07-28 request (by ``MCP-Protocol-Version``, or a body with
    the stateless envelope and no session) goes through ``gateway.protocol.stateless``
    checks (-32602 / -32020 / -32022, 404 for unknown methods) and needs no
-   session; otherwise ``initialize`` makes a session and any other message
-   needs a known one (400 missing, 404 unknown);
+   session; otherwise ``initialize`` makes a session (owned by the caller's
+   principal) and any other message needs a known one (400 missing, 404
+   unknown or another principal's);
 5. dispatch: answered locally (ping, lists from the catalog) or routed through
    the catalog's routing table to one backend, prefix stripped, params bytes
    otherwise untouched. The backend's result goes back as its bytes with the
@@ -58,6 +64,7 @@ from gateway.ops.health import health_body
 from gateway.front.streams import LEVELS, LIST_FLAGS, Listener, spawn
 from gateway.front.routing import Answered, Routing, params_raw, params_with
 from gateway.policy.admission import Admission
+from gateway.policy.auth import PENDING, Authenticator
 from gateway.protocol.initialize import InitializeParams, decode_initialize
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
 from gateway.protocol.versions import (
@@ -85,6 +92,7 @@ _ALLOW = (("allow", "GET, POST, DELETE"),)
 _EMPTY_RESULT = b"{}"
 _STATELESS_SET = frozenset(STATELESS_VERSIONS)
 _ENVELOPE_MARK = b"io.modelcontextprotocol/protocolVersion"
+_METADATA_HEADERS = (("content-type", "application/json"), ("cache-control", "max-age=3600"))
 
 
 class _ListParams(msgspec.Struct):
@@ -98,7 +106,12 @@ class McpFront:
     """The application behind ``HttpProtocol``: the MCP endpoint (handshake era)."""
 
     def __init__(
-        self, config: Config, catalog: Catalog, sessions: SessionStore, admission: Admission | None = None
+        self,
+        config: Config,
+        catalog: Catalog,
+        sessions: SessionStore,
+        admission: Admission | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -107,7 +120,10 @@ class McpFront:
         self._server_info = {"name": "mcp-gateway", "version": __version__}
         # The header gate (one key, one verdict cache) and routing with its one admission call:
         # both paths, this one and the express lane, go through these two.
-        self.gate = HeaderGate(config.server)
+        # With an authenticator, the gate also says who is calling (gateway.policy.auth).
+        self.authenticator = authenticator
+        self.gate = HeaderGate(config.server, authenticator)
+        self._metadata_paths = authenticator.metadata_paths if authenticator is not None else frozenset()
         self.admission = admission if admission is not None else Admission()
         self.routing = Routing(catalog, self.admission, config.gateway.passthrough)
         self.outcome = self.admission.outcome if self.admission.observes_outcomes else None
@@ -162,12 +178,19 @@ class McpFront:
                 if request.path == "/healthz" and request.method == "GET":
                     reply.send(200, JSON_HEADERS, health_body(self.catalog.backends))
                     return
+                if request.path in self._metadata_paths and request.method == "GET":
+                    # RFC 9728 protected-resource metadata: how to get a token, so unauthenticated.
+                    reply.send(200, _METADATA_HEADERS, self.authenticator.metadata_body)  # type: ignore[union-attr,arg-type]
+                    return
                 reply.send(404, JSON_HEADERS, error_body(None, InvalidRequest("not found", reason="path")))
                 return
             headers = request.headers
             error, principal = self.gate.check(request)
             if error is not None:
-                raise error
+                if error is PENDING:  # the token's issuer keys are being fetched: wait (bounded), decide
+                    error, principal = await self.gate.check_after_keys(request)
+                if error is not None:
+                    raise error
             method = request.method
             if method == "POST":
                 await self._post(request, reply, principal)
@@ -176,9 +199,9 @@ class McpFront:
                 err = MethodNotFound(f"{method} is not used in protocol version 2026-07-28", reason="method_not_allowed")
                 reply.send(405, (("allow", "POST"), *JSON_HEADERS), error_body(None, err))
             elif method == "GET":
-                await self._get(request, reply)
+                await self._get(request, reply, principal)
             elif method == "DELETE":
-                self._delete(request, reply)
+                self._delete(request, reply, principal)
             else:
                 err = InvalidRequest(f"method {method} not allowed", reason="method_not_allowed", http_status=405)
                 reply.send(405, _ALLOW + JSON_HEADERS, error_body(None, err))
@@ -202,11 +225,12 @@ class McpFront:
                 data={"supported": list(HANDSHAKE_VERSIONS)},
             )
 
-    def _session_for(self, headers: dict[str, str]) -> Session:
+    def _session_for(self, headers: dict[str, str], principal: Any) -> Session:
+        """The request's session; another principal's session is answered as an unknown one."""
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise InvalidRequest("Mcp-Session-Id header is required", reason="session_required")
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(session_id, principal)
         if session is None:
             raise SessionNotFound("session not found (expired or deleted): initialize again")
         return session
@@ -227,9 +251,9 @@ class McpFront:
             return
         if msg.method == "initialize":
             self._check_version_header(headers, None)
-            self.initialize(msg, reply)
+            self.initialize(msg, reply, principal)
             return
-        session = self._session_for(headers)
+        session = self._session_for(headers, principal)
         self._check_version_header(headers, session)
         ctx = session.context
         ctx.principal = principal
@@ -308,7 +332,7 @@ class McpFront:
 
     async def _batch(self, request: Request, reply: Reply, principal: Any) -> None:
         """JSON-RPC batches: only for sessions that negotiated 2025-03-26."""
-        session = self._session_for(request.headers)
+        session = self._session_for(request.headers, principal)
         if session.protocol_version not in BATCH_VERSIONS:
             raise InvalidRequest("JSON-RPC batches are not allowed after 2025-03-26", reason="batch")
         try:
@@ -338,7 +362,8 @@ class McpFront:
             return error_body(msg.id, InvalidRequest("initialize cannot be batched"))
         return await self.request(msg, ctx, None)
 
-    def initialize(self, msg: Message, reply: Reply) -> None:
+    def initialize(self, msg: Message, reply: Reply, principal: Any = None) -> None:
+        """``initialize``: a new session, owned by ``principal`` (None: stdio, or no ``[auth]``)."""
         if msg.id is UNSET:
             raise InvalidRequest("initialize must be a request", reason="invalid_request")
         try:
@@ -347,7 +372,7 @@ class McpFront:
             raise InvalidParams(f"bad initialize params: {exc}") from None
         wanted = params.protocolVersion
         version = wanted if wanted in SUPPORTED_VERSIONS else LATEST_HANDSHAKE
-        session = self.sessions.create(version, params.capabilities, params.clientInfo)
+        session = self.sessions.create(version, params.capabilities, params.clientInfo, principal)
         result = {
             "protocolVersion": version,
             "capabilities": self._capabilities(),
@@ -521,11 +546,11 @@ class McpFront:
 
     # -- GET and DELETE ----------------------------------------------------------------------
 
-    async def _get(self, request: Request, reply: Reply) -> None:
+    async def _get(self, request: Request, reply: Reply, principal: Any = None) -> None:
         headers = request.headers
         if "text/event-stream" not in media_types(headers.get("accept", "")):
             raise InvalidRequest("Accept must include text/event-stream", reason="not_acceptable", http_status=406)
-        session = self._session_for(headers)
+        session = self._session_for(headers, principal)
         self._check_version_header(headers, session)
         if session.stream is not None and not session.stream.closed:
             raise InvalidRequest("this session already has a GET stream", reason="stream_conflict", http_status=409)
@@ -548,8 +573,8 @@ class McpFront:
             except asyncio.TimeoutError:
                 reply.write(b": keep-alive\n\n")
 
-    def _delete(self, request: Request, reply: Reply) -> None:
-        session = self._session_for(request.headers)
+    def _delete(self, request: Request, reply: Reply, principal: Any = None) -> None:
+        session = self._session_for(request.headers, principal)
         self.sessions.end(session.id)
         reply.send(200, (), b"")
 

@@ -96,7 +96,7 @@ class ExpressLane:
             return False
         error, principal = self.gate.check(request)
         if error is not None:
-            return False  # the general path answers the refusal
+            return False  # the general path answers the refusal, or awaits the keys a PENDING needs
         try:
             msg = decode_envelope(request.body)
             if msg.method != "tools/call" or msg.id is UNSET or msg.params is UNSET or msg.jsonrpc != "2.0":
@@ -112,9 +112,9 @@ class ExpressLane:
             return False  # the general path gives the precise error
         except GatewayError:
             return False  # an unknown name: the general path answers it
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(session_id, principal)
         if session is None:
-            return False
+            return False  # unknown, or another principal's: the general path answers 404
         first = route[0]
         if not first.express_ready():
             return False

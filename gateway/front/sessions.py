@@ -10,6 +10,14 @@ The stateless era (2026-07-28) has no session: the front builds a
 ``_meta``, with ``session=None``. Everything below the front (routing,
 backends, policy) reads the context, never the session directly, so the two
 eras share one request path.
+
+With authentication a session belongs to the principal that created it: its
+``owner`` is that principal's ``(issuer, subject)`` (``session_owner``), and
+``SessionStore.get(session_id, principal)`` answers None, exactly as for an
+unknown id, when another principal presents it. The identity, not the whole
+principal, is what binds: a client whose refreshed token carries other scopes
+keeps its session. Under ``--workers N`` the owner is inside the session id's
+HMAC, so a worker adopting the session checks it too.
 """
 
 from __future__ import annotations
@@ -23,9 +31,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from gateway.server.api import Reply
 
-__all__ = ["RequestContext", "Session", "SessionStore"]
+__all__ = ["RequestContext", "Session", "SessionStore", "session_owner"]
+
+
+def session_owner(principal: Any) -> tuple[str, str] | None:
+    """Whom a session made by ``principal`` belongs to: ``(issuer, subject)``, or None."""
+    return None if principal is None else (principal.issuer, principal.subject)
 
 
 class Session:
@@ -33,11 +48,21 @@ class Session:
 
     __slots__ = (
         "id", "protocol_version", "client_capabilities", "client_info", "last_seen", "stream", "initialized",
-        "inflight", "subscriptions", "log_level", "context",
+        "inflight", "subscriptions", "log_level", "context", "owner",
     )
 
-    def __init__(self, session_id: str, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        protocol_version: str,
+        capabilities: dict[str, Any],
+        client_info: Any,
+        owner: tuple[str, str] | None = None,
+    ) -> None:
         self.id = session_id
+        # Whose session this is (``session_owner`` of the principal that created it; None
+        # without authentication): nobody else gets it.
+        self.owner = owner
         self.protocol_version = protocol_version
         self.client_capabilities = capabilities
         self.client_info = client_info
@@ -134,40 +159,48 @@ class SessionStore:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._sessions.values()))
 
-    def create(self, protocol_version: str, capabilities: dict[str, Any], client_info: Any) -> Session:
-        """Make and store a new session with a cryptographically random id."""
-        session = Session(self._new_id(protocol_version), protocol_version, capabilities, client_info)
+    def create(
+        self, protocol_version: str, capabilities: dict[str, Any], client_info: Any, principal: Any = None
+    ) -> Session:
+        """Make and store a new session with a cryptographically random id, owned by ``principal``."""
+        owner = session_owner(principal)
+        session = Session(self._new_id(protocol_version, owner), protocol_version, capabilities, client_info, owner)
         self._sessions[session.id] = session
         return session
 
-    def get(self, session_id: str) -> Session | None:
-        """The live session with this id (touching its idle clock), or None."""
+    def get(self, session_id: str, principal: Any = None) -> Session | None:
+        """The live session with this id (touching its idle clock), or None; None also when it
+        belongs to another principal than ``principal`` (as for an unknown id)."""
         session = self._sessions.get(session_id)
         if session is None and self._secret is not None:
-            session = self._adopt(session_id)
+            session = self._adopt(session_id, principal)
         if session is not None:
+            if (session.owner is not None or principal is not None) and session.owner != session_owner(principal):
+                return None
             session.last_seen = time.monotonic()
         return session
 
-    def _new_id(self, protocol_version: str) -> str:
+    def _new_id(self, protocol_version: str, owner: tuple[str, str] | None = None) -> str:
         nonce = secrets.token_urlsafe(16)
         if self._secret is None:
             return nonce + secrets.token_urlsafe(8)
         body = f"{nonce}.{protocol_version}"
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign(body, owner)}"
 
-    def _sign(self, body: str) -> str:
+    def _sign(self, body: str, owner: tuple[str, str] | None = None) -> str:
         assert self._secret is not None
-        digest = hmac.new(self._secret, body.encode(), hashlib.sha256).digest()[:16]
+        signed = body.encode() if owner is None else msgspec.json.encode([body, *owner])
+        digest = hmac.new(self._secret, signed, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
-    def _adopt(self, session_id: str) -> Session | None:
-        """A session another worker created: accepted if its signature holds."""
+    def _adopt(self, session_id: str, principal: Any = None) -> Session | None:
+        """A session another worker created: accepted if its signature holds for this principal."""
         body, _, signature = session_id.rpartition(".")
-        if not body or not hmac.compare_digest(signature, self._sign(body)):
+        owner = session_owner(principal)
+        if not body or not hmac.compare_digest(signature, self._sign(body, owner)):
             return None
         version = body.partition(".")[2]
-        session = Session(session_id, version, {}, None)
+        session = Session(session_id, version, {}, None, owner)
         session.initialized = True
         self._sessions[session_id] = session
         return session
