@@ -9,6 +9,7 @@ instructions per request and the gateway/floor ratio::
 
     python -m benchmarks.instructions                      # call and call_stateless, 2,000 requests each
     python -m benchmarks.instructions --scenarios call --requests 5000 --concurrency 16
+    python -m benchmarks.instructions --scenarios call,call_rbac --targets gateway   # what 20 [rbac] rules cost
     python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
 
 Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
@@ -33,7 +34,22 @@ from typing import Any
 
 from benchmarks.run import ROOT, Child, body_for, output_folder
 
-SCENARIOS = ("call", "call_stateless")
+SCENARIOS = ("call", "call_stateless", "call_rbac")
+
+
+def rbac_rules(count: int = 20) -> str:
+    """``call_rbac``: an ``[rbac]`` table of ``count`` rules, of which the benchmark's call (an
+    unauthenticated caller: no ``[auth]``) meets the who-less ones; the last allows it."""
+    rules = ["[rbac]\n"]
+    for i in range(count - 1):
+        if i % 2 == 0:  # role rules: they never match an unauthenticated caller
+            rules.append(f'[[rbac.rules]]\nname = "role-{i}"\nroles = ["r{i}"]\ntools = ["ns{i}__*"]\n')
+        elif i % 4 == 1:  # deny rules for everyone, over other names
+            rules.append(f'[[rbac.rules]]\nname = "deny-{i}"\neffect = "deny"\ntools = ["floor__danger{i}*", "ns{i}__*"]\n')
+        else:  # argument rules for everyone, over other names
+            rules.append(f'[[rbac.rules]]\nname = "args-{i}"\ntools = ["ns{i}__*"]\narguments = {{ path = "/public/*" }}\n')
+    rules.append('[[rbac.rules]]\nname = "floor"\ntools = ["floor__*"]\n')
+    return "".join(rules)
 
 
 def _loadgen(port: int, scenario: str, target: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -94,16 +110,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backend = Child([sys.executable, "-m", "benchmarks.floor_backend", "0"])
         try:
             backend_port = backend.ready()
-            config = workdir / "gateway.toml"
-            config.write_text(f'[backends.floor]\nurl = "http://127.0.0.1:{backend_port}/mcp"\n')
             for scenario in args.scenarios:
+                config = workdir / f"gateway-{scenario}.toml"
+                config.write_text(f'[backends.floor]\nurl = "http://127.0.0.1:{backend_port}/mcp"\n')
+                if scenario == "call_rbac":  # the call scenario, through 20 RBAC rules
+                    config.write_text(config.read_text() + rbac_rules())
                 row: dict[str, Any] = {}
                 for target in args.targets:
                     if target == "floor":
                         cmd = [sys.executable, "-m", "benchmarks.floor_proxy", "0", str(backend_port)]
                     elif target == "hop":
                         if scenario != "call":
-                            continue  # the minimal hop speaks the handshake era only
+                            continue  # the minimal hop speaks the handshake era only (and knows no RBAC)
                         cmd = [sys.executable, "-m", "benchmarks.mcp_hop", "0", str(backend_port)]
                     else:
                         cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0",
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts call and call_stateless)")
+        parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts call, call_stateless and call_rbac)")
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts each run, so the same counts
     results = run(args)
     print("| scenario | floor instr/req | hop instr/req | gateway instr/req | gateway/floor |")

@@ -21,6 +21,8 @@ from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.front.sessions import Session, SessionStore
 from gateway.policy.admission import Admission
+from gateway.policy.auth import Authenticator
+from gateway.policy.chain import build_admission
 from gateway.server.api import Reply, Request
 
 __all__ = ["Gateway"]
@@ -46,8 +48,11 @@ class Gateway:
     """Everything behind the listener, built from one ``Config``."""
 
     def __init__(self, config: Config, admission: Admission | None = None) -> None:
-        """``admission``: the admission chain every routed request passes (default: admit all)."""
+        """``admission``: the admission chain every routed request passes (default: the one
+        ``config`` asks for, ``gateway.policy.chain.build_admission``; none: admit all)."""
         self.config = config
+        if admission is None:
+            admission = build_admission(config)
         timeout = config.gateway.request_timeout
         self.backends: dict[str, Backend] = {
             name: create_backend(name, bc, default_timeout=timeout)
@@ -65,7 +70,12 @@ class Gateway:
             list_timeout=config.gateway.list_timeout,
             on_change=self._catalog_changed,
         )
-        self.front = McpFront(config, self.catalog, self.sessions, admission)
+        # Authentication ([auth], or mutual TLS alone): None when neither is configured.
+        mtls = config.server.tls_client_ca_file is not None
+        self.authenticator = (
+            Authenticator(config.auth, mtls=mtls, path=config.server.path) if config.auth is not None or mtls else None
+        )
+        self.front = McpFront(config, self.catalog, self.sessions, admission, self.authenticator)
         self.front.on_backend_notification = self._backend_notification
         # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express
@@ -81,6 +91,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Start every backend (a failing one does not stop the others), then build the catalog."""
+        if self.authenticator is not None:
+            self.authenticator.start()  # the first JWKS fetches, in the background
         await asyncio.gather(*(b.start() for b in self.backends.values()))
         self._started = True
         await self.catalog.refresh()
@@ -97,6 +109,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
+        if self.authenticator is not None:
+            await self.authenticator.stop()
 
     def status(self) -> list[tuple[str, str, str | None]]:
         """``(name, state, last_error)`` per backend, for the CLI and logs."""

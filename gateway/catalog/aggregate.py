@@ -125,17 +125,7 @@ class CatalogSnapshot:
         }
 
     def _encode_pages(self, method: str, page_size: int, hint: Hint | None) -> list[bytes]:
-        key = LIST_METHODS[method][0]
-        items = self.items.get(method, [])
-        pages = []
-        for start in range(0, max(len(items), 1), page_size):
-            result: dict[str, Any] = {key: items[start : start + page_size]}
-            if start + page_size < len(items):
-                result["nextCursor"] = encode_cursor(start + page_size)
-            if hint is not None:
-                result.update(resultType="complete", ttlMs=hint[0], cacheScope=hint[1])
-            pages.append(encode(result))
-        return pages
+        return _encode_pages(LIST_METHODS[method][0], self.items.get(method, []), page_size, hint)
 
     def header_annotations(self, tool: str) -> list[tuple[tuple[str, ...], str, str]] | None:
         """The ``x-mcp-header`` annotations of an exposed tool's input schema (built once per snapshot)."""
@@ -147,7 +137,10 @@ class CatalogSnapshot:
 
     def page(self, method: str, cursor: str | None, stateless: bool = False) -> bytes:
         """The encoded result of ``method`` for ``cursor`` (None: the first page)."""
-        pages = self._stateless_pages[method] if stateless else self._pages[method]
+        return self.page_in(self._stateless_pages[method] if stateless else self._pages[method], cursor)
+
+    def page_in(self, pages: list[bytes], cursor: str | None) -> bytes:
+        """The page of ``pages`` (this snapshot's, or ``filtered_pages``) that ``cursor`` names."""
         if cursor is None:
             return pages[0]
         offset = decode_cursor(cursor)
@@ -155,6 +148,36 @@ class CatalogSnapshot:
         if rest or index >= len(pages):
             raise InvalidParams("pagination cursor out of range", reason="invalid_cursor")
         return pages[index]
+
+    def filtered_pages(
+        self, method: str, keep: Callable[[dict[str, Any]], bool], stateless: bool = False, private: bool = False
+    ) -> list[bytes] | None:
+        """The pages of ``method`` holding only the items ``keep`` accepts (same order, page size,
+        cursor format and hints as ``page``), to be served with ``page_in``; None when they would
+        be the snapshot's own pages. ``private``: the list depends on the caller, so a stateless
+        page says ``cacheScope: private`` even where the backends said ``public``."""
+        items = self.items.get(method, [])
+        kept = [item for item in items if keep(item)]
+        hint = self.hints.get(method, NO_HINT) if stateless else None
+        if private and hint is not None and hint[1] != "private":
+            hint = (hint[0], "private")
+        elif len(kept) == len(items):
+            return None
+        return _encode_pages(LIST_METHODS[method][0], kept, self.page_size, hint)
+
+
+def _encode_pages(key: str, items: list[dict[str, Any]], page_size: int, hint: Hint | None) -> list[bytes]:
+    """``items`` as encoded list results of ``page_size`` items, each but the last with its
+    ``nextCursor``; with ``hint``, the stateless era's ``resultType``/``ttlMs``/``cacheScope``."""
+    pages = []
+    for start in range(0, max(len(items), 1), page_size):
+        result: dict[str, Any] = {key: items[start : start + page_size]}
+        if start + page_size < len(items):
+            result["nextCursor"] = encode_cursor(start + page_size)
+        if hint is not None:
+            result.update(resultType="complete", ttlMs=hint[0], cacheScope=hint[1])
+        pages.append(encode(result))
+    return pages
 
 
 class Catalog:
