@@ -104,6 +104,10 @@ def _check(path: str) -> int:
     """Validate like ``serve`` does, and also what this machine must provide (stdio commands, cwd)."""
     try:
         config = load_config(path, check_environment=True)
+        if config.auth is not None:
+            from gateway.policy.auth import Authenticator
+
+            Authenticator(config.auth, path=config.server.path)  # reads and checks each jwks_file
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +174,12 @@ async def _serve(args: argparse.Namespace) -> int:
         return loaded
     config, demo_proc = loaded
     config = _overrides(config, args.host, args.port)
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)  # reads files the config names (a jwks_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        await _stop_demo(demo_proc)
+        return 2
     await gateway.start()
     _tune_gc()
     # The front is the App itself (not the Gateway wrapper): one coroutine level less per request.
@@ -241,6 +250,11 @@ async def _run_stdio(args: argparse.Namespace, out_fd: int) -> int:
         return loaded
     config, demo_proc = loaded
     try:
-        return await serve_stdio(Gateway(config), stdout_fd=out_fd)
+        try:
+            gateway = Gateway(config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return await serve_stdio(gateway, stdout_fd=out_fd)
     finally:
         await _stop_demo(demo_proc)

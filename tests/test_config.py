@@ -4,6 +4,7 @@ and ``mcp-gateway check`` / ``serve`` refusing a bad config with one line, never
 from __future__ import annotations
 
 import pathlib
+import json
 import subprocess
 import sys
 
@@ -323,3 +324,21 @@ def test_serve_names_a_missing_stdio_command_as_the_down_reason(tmp_path: pathli
         assert "Traceback" not in child.stderr_text()
     finally:
         assert child.stop() == 0
+
+
+def test_a_missing_jwks_file_is_one_line_from_check_and_from_serve(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.toml"
+    text = '[auth]\n[[auth.jwt]]\nissuer = "https://idp"\naudiences = ["gw"]\njwks_file = "{}"\n'
+    bad.write_text(text.format(tmp_path / "missing.json"))
+    for args in (("check", str(bad)), ("serve", "--config", str(bad), "--port", "0")):
+        assert "missing.json" in one_error_line(run_cli(*args))
+    good = tmp_path / "good.toml"
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(public)), "kid": "k1", "use": "sig"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    good.write_text(text.format(tmp_path / "jwks.json"))
+    proc = run_cli("check", str(good))
+    assert proc.returncode == 0, proc.stderr

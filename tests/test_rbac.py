@@ -15,6 +15,7 @@ and the stdio front.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -658,3 +659,43 @@ async def test_the_stdio_front_applies_the_rules(http_backend: Child, tmp_path: 
                     await client.call_tool(name, {})
                 errors.append((caught.value.error.code, re.sub(name, "NAME", caught.value.error.message)))
     assert errors[0] == errors[1] == (-32602, "unknown tool: NAME")
+
+
+# -- a hidden tool that declares routing headers ------------------------------------------------------
+
+
+async def _stateless_call(port: int, name: str, region_header: str) -> Response:
+    """A 2026-07-28 tools/call whose Mcp-Param-Region header disagrees with its arguments."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    params = {"name": name, "arguments": {"region": "eu"}, "_meta": meta}
+    data = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
+    head = (
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\naccept: application/json, text/event-stream\r\n"
+        f"content-type: application/json\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\n"
+        f"mcp-name: {name}\r\nmcp-param-region: {region_header}\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\n" + data)
+        return Response(await asyncio.wait_for(reader.read(), 10))
+    finally:
+        writer.close()
+
+
+async def test_a_hidden_tool_with_routing_headers_is_answered_as_unknown_not_as_a_header_mismatch() -> None:
+    backend = Child([sys.executable, str(ROOT / "tests" / "servers" / "conformance_server.py"), "--port", "0"], "listening on")
+    rules = '[rbac]\ndefault = "allow"\n[[rbac.rules]]\nname = "hide"\neffect = "deny"\ntools = ["web__test_x_mcp_header"]\n'
+    try:
+        async with gateway_for(backend.url, admission=RbacAdmission(rbac(rules))) as hidden, \
+                gateway_for(backend.url) as shown:
+            mismatch = await _stateless_call(shown.port, "web__test_x_mcp_header", "us")
+            refused = await _stateless_call(hidden.port, "web__test_x_mcp_header", "us")
+            unknown = await _stateless_call(hidden.port, "web__no_such_tool", "us")
+    finally:
+        backend.stop()
+    # Visible, the mismatch is found (the attack's signal); hidden, the answer is the unknown-tool one.
+    assert json.loads(mismatch.text)["error"]["code"] == -32020
+    assert refused.status_code == unknown.status_code == 400
+    got, want = json.loads(refused.text)["error"], json.loads(unknown.text)["error"]
+    assert got["code"] == want["code"] == -32602
+    assert got["data"]["gateway"]["reason"] == want["data"]["gateway"]["reason"] == "unknown_tool"

@@ -532,15 +532,19 @@ class McpFront:
     ) -> bytes | None:
         """Route by ``params[key]`` and admit (``Routing.route``), then forward."""
         params, value = params_with(msg, key, ctx)
+        local: Answered | None = None
+        try:
+            route = self.routing.route(ctx, msg.method, kind, value, params)  # type: ignore[arg-type]
+        except Answered as answered:
+            local = answered
         if ctx.era == "stateless" and kind == "tool":
-            # A request the era's own checks refuse is refused before admission (it counts for nothing).
+            # After admission: a tool the caller may not see is answered as unknown, never with a
+            # header mismatch that would tell it the tool exists. (A refused mismatch still sends nothing.)
             annotations = self.catalog.snapshot.header_annotations(value)
             if annotations:  # the arguments are decoded only for tools that declare Mcp-Param headers
                 arguments = decode_any(params["arguments"]) if "arguments" in params else None
                 check_param_headers(annotations, arguments, ctx.headers or {})
-        try:
-            route = self.routing.route(ctx, msg.method, kind, value, params)  # type: ignore[arg-type]
-        except Answered as local:
+        if local is not None:
             return response_bytes(msg.id, local.result)  # type: ignore[arg-type]
         return await self.forwarder.forward(msg, ctx, reply, route, params, key, value)
 

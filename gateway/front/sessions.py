@@ -197,7 +197,8 @@ class SessionStore:
         """A session another worker created: accepted if its signature holds for this principal."""
         body, _, signature = session_id.rpartition(".")
         owner = session_owner(principal)
-        if not body or not hmac.compare_digest(signature, self._sign(body, owner)):
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and an id is the client's input.
+        if not body or not hmac.compare_digest(signature.encode(), self._sign(body, owner).encode()):
             return None
         version = body.partition(".")[2]
         session = Session(session_id, version, {}, None, owner)
