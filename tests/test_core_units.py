@@ -104,3 +104,11 @@ def test_signed_sessions_are_accepted_by_another_worker() -> None:
     forged = session.id[:-2] + ("AA" if not session.id.endswith("AA") else "BB")
     assert SessionStore(60, secret=b"k").get(forged) is None
     assert SessionStore(60).get(session.id) is None  # no secret: only own sessions
+
+
+def test_a_forged_non_ascii_session_id_is_unknown_not_an_error() -> None:
+    store = SessionStore(60, secret=b"shared by the workers")
+    made = store.create("2025-11-25", {}, None)
+    assert store.get(made.id) is made
+    for forged in ("ünïcode.2025-11-25.sig", made.id[:-2] + "é!", "a.b.\u00ff\u00ff"):
+        assert store.get(forged) is None
