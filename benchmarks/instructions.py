@@ -10,6 +10,7 @@ instructions per request and the gateway/floor ratio::
     python -m benchmarks.instructions                      # call and call_stateless, 2,000 requests each
     python -m benchmarks.instructions --scenarios call --requests 5000 --concurrency 16
     python -m benchmarks.instructions --scenarios call,call_rbac --targets gateway   # what 20 [rbac] rules cost
+    python -m benchmarks.instructions --scenarios call,call_auth --targets gateway   # a JWT and 20 rules
     python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
 
 Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
@@ -32,31 +33,21 @@ import sys
 import tempfile
 from typing import Any
 
+from benchmarks.auth_setup import auth_setup, rbac_rules
 from benchmarks.run import ROOT, Child, body_for, output_folder
 
-SCENARIOS = ("call", "call_stateless", "call_rbac")
+SCENARIOS = ("call", "call_stateless", "call_rbac", "call_auth")
 
 
-def rbac_rules(count: int = 20) -> str:
-    """``call_rbac``: an ``[rbac]`` table of ``count`` rules, of which the benchmark's call (an
-    unauthenticated caller: no ``[auth]``) meets the who-less ones; the last allows it."""
-    rules = ["[rbac]\n"]
-    for i in range(count - 1):
-        if i % 2 == 0:  # role rules: they never match an unauthenticated caller
-            rules.append(f'[[rbac.rules]]\nname = "role-{i}"\nroles = ["r{i}"]\ntools = ["ns{i}__*"]\n')
-        elif i % 4 == 1:  # deny rules for everyone, over other names
-            rules.append(f'[[rbac.rules]]\nname = "deny-{i}"\neffect = "deny"\ntools = ["floor__danger{i}*", "ns{i}__*"]\n')
-        else:  # argument rules for everyone, over other names
-            rules.append(f'[[rbac.rules]]\nname = "args-{i}"\ntools = ["ns{i}__*"]\narguments = {{ path = "/public/*" }}\n')
-    rules.append('[[rbac.rules]]\nname = "floor"\ntools = ["floor__*"]\n')
-    return "".join(rules)
-
-
-def _loadgen(port: int, scenario: str, target: str, requests: int, concurrency: int) -> dict[str, Any]:
+def _loadgen(
+    port: int, scenario: str, target: str, requests: int, concurrency: int, headers: tuple[str, ...] = ()
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
         "--requests", str(requests), "--body", body_for(scenario, target),
     ]
+    for header in headers:
+        cmd += ["--header", header]
     if target == "gateway":
         cmd.append("--stateless" if scenario == "call_stateless" else "--initialize")
     elif target == "hop":
@@ -74,7 +65,10 @@ def _total_instructions(path: pathlib.Path) -> int:
     return int(match.group(1))
 
 
-def count(cmd: list[str], scenario: str, target: str, requests: int, concurrency: int, workdir: pathlib.Path) -> dict[str, Any]:
+def count(
+    cmd: list[str], scenario: str, target: str, requests: int, concurrency: int, workdir: pathlib.Path,
+    headers: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Instructions per request of the server ``cmd`` (told to listen on port 0; it prints the port) for one scenario."""
     out = workdir / f"{target}-{scenario}.cg"
     vg = [
@@ -85,9 +79,9 @@ def count(cmd: list[str], scenario: str, target: str, requests: int, concurrency
     try:
         # Slow under valgrind; the gateway prints its line only after its catalog is built.
         port = child.ready(timeout=300.0)
-        _loadgen(port, scenario, target, 200, concurrency)  # warm up: connections, caches, lazy imports
+        _loadgen(port, scenario, target, 200, concurrency, headers)  # warm up: connections, caches, lazy imports
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True, timeout=120)
-        load = _loadgen(port, scenario, target, requests, concurrency)
+        load = _loadgen(port, scenario, target, requests, concurrency, headers)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True, timeout=120)
     finally:
         proc.terminate()
@@ -113,8 +107,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for scenario in args.scenarios:
                 config = workdir / f"gateway-{scenario}.toml"
                 config.write_text(f'[backends.floor]\nurl = "http://127.0.0.1:{backend_port}/mcp"\n')
+                headers: tuple[str, ...] = ()
                 if scenario == "call_rbac":  # the call scenario, through 20 RBAC rules
                     config.write_text(config.read_text() + rbac_rules())
+                elif scenario == "call_auth":  # a JWT (verified once, then remembered) and 20 RBAC rules
+                    text, authorization = auth_setup(workdir)
+                    config.write_text(config.read_text() + text)
+                    headers = (f"authorization: {authorization}",)
                 row: dict[str, Any] = {}
                 for target in args.targets:
                     if target == "floor":
@@ -127,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0",
                                "--log-level", "warning"]
                     print(f"{scenario}: counting {target} ...", file=sys.stderr, flush=True)
-                    row[target] = count(cmd, scenario, target, args.requests, args.concurrency, workdir)
+                    row[target] = count(cmd, scenario, target, args.requests, args.concurrency, workdir,
+                                        headers if target == "gateway" else ())
                 if "floor" in row and "gateway" in row:
                     row["gateway_over_floor"] = row["gateway"]["per_request"] / row["floor"]["per_request"]
                 results[scenario] = row
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts call, call_stateless and call_rbac)")
+        parser.error(f"unknown scenarios: {sorted(unknown)} (this tool counts {', '.join(SCENARIOS)})")
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts each run, so the same counts
     results = run(args)
     print("| scenario | floor instr/req | hop instr/req | gateway instr/req | gateway/floor |")

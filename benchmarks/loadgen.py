@@ -84,10 +84,14 @@ class _Conn(asyncio.Protocol):
         return await self.waiter
 
 
+# Extra header lines sent with every request (``--header``), e.g. an Authorization.
+_EXTRA = ""
+
+
 def _request(path: str, host: str, body: bytes, session: str | None, stateless: bool = False) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-        "accept: application/json, text/event-stream\r\n"
+        "accept: application/json, text/event-stream\r\n" + _EXTRA
     )
     if session:
         head += f"mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
@@ -208,10 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--requests", type=int, default=0, help="send exactly this many requests (overrides --duration)")
     parser.add_argument("--initialize", action="store_true")
+    parser.add_argument("--header", action="append", default=[], help="NAME: VALUE, sent with every request")
     parser.add_argument("--churn", action="store_true")
     parser.add_argument("--stateless", action="store_true", help="send 2026-07-28 requests (body needs _meta)")
     parser.add_argument("--idle", type=int, default=0, help="hold this many idle keep-alive connections instead")
     args = parser.parse_args(argv)
+    global _EXTRA
+    _EXTRA = "".join(f"{h.strip()}\r\n" for h in args.header)
     if args.idle:
         uvloop.run(hold_idle(args))
         return

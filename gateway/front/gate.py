@@ -151,7 +151,7 @@ class AuthGate(HeaderGate):
         headers = request.headers
         key = (
             request.method, headers.get("host"), headers.get("origin"), headers.get("content-type"),
-            headers.get("accept"), headers.get("authorization"), getattr(request, "tls_subject", None),
+            headers.get("accept"), headers.get("authorization"), request.tls_subject,
         )
         if self._generation != self.authenticator.generation:
             self._forget()

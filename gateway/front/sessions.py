@@ -40,7 +40,7 @@ __all__ = ["RequestContext", "Session", "SessionStore", "session_owner"]
 
 def session_owner(principal: Any) -> tuple[str, str] | None:
     """Whom a session made by ``principal`` belongs to: ``(issuer, subject)``, or None."""
-    return None if principal is None else (principal.issuer, principal.subject)
+    return None if principal is None else principal.owner
 
 
 class Session:
@@ -175,8 +175,10 @@ class SessionStore:
         if session is None and self._secret is not None:
             session = self._adopt(session_id, principal)
         if session is not None:
-            if (session.owner is not None or principal is not None) and session.owner != session_owner(principal):
-                return None
+            owner = session.owner
+            if owner is not None or principal is not None:  # bound: only its own principal finds it
+                if principal is None or owner != principal.owner:
+                    return None
             session.last_seen = time.monotonic()
         return session
 

@@ -17,7 +17,7 @@ class Principal:
     cached by: two principals with equal keys are decided alike.
     """
 
-    __slots__ = ("issuer", "subject", "roles", "scopes", "claims", "expires", "key")
+    __slots__ = ("issuer", "subject", "roles", "scopes", "claims", "expires", "key", "owner")
 
     def __init__(
         self,
@@ -35,6 +35,8 @@ class Principal:
         self.claims = claims if claims is not None else {}
         self.expires = expires
         self.key = (issuer, subject, roles, scopes)
+        self.owner = (issuer, subject)
+        """Whom a session this principal makes belongs to (a refreshed token with other scopes keeps it)."""
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Principal) and other.key == self.key
