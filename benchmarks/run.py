@@ -38,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 TARGETS = ("direct", "floor", "gateway")
-SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn")
+SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn", "call_auth")
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
 # The line every server of the harness prints once it accepts connections (the gateway's included).
@@ -193,6 +193,13 @@ class Stack:
         else:
             backends_toml = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
         config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends_toml)
+        self.headers: tuple[str, ...] = ()
+        if scenario == "call_auth":  # a JWT and 20 RBAC rules; every target gets the same header bytes
+            from benchmarks.auth_setup import auth_setup
+
+            text, authorization = auth_setup(workdir)
+            config.write_text(config.read_text() + text)
+            self.headers = (f"authorization: {authorization}",)
         serve = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", "--log-level", "warning"]
         self.floor = self.spawn([sys.executable, "-m", "benchmarks.floor_proxy", "0", str(self.backend_ports[0])])
         # The gateway prints its line after its catalog is built (Gateway.start, then listen), so once it
@@ -241,13 +248,17 @@ def body_for(scenario: str, target: str) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
 
 
-def load(port: int, scenario: str, concurrency: int, duration: float, mcp: bool) -> dict[str, Any]:
+def load(
+    port: int, scenario: str, concurrency: int, duration: float, mcp: bool, headers: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """One load generator run against ``port``; ``mcp``: the target speaks MCP (namespaced tool,
     a session made first) rather than being the bare backend or the floor proxy."""
     cmd = [
         sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
         "--duration", str(duration), "--body", body_for(scenario, "gateway" if mcp else "direct"),
     ]
+    for header in headers:
+        cmd += ["--header", header]
     if scenario == "call_stateless":
         cmd.append("--stateless")
     elif mcp:
@@ -264,7 +275,7 @@ def measure(stack: Stack, scenario: str, target: str, concurrency: int, duration
     """One load against one target, with the CPU and peak RSS of the process under test."""
     port, proc = stack.target(target)
     cpu0 = tree_cpu(proc.pid)
-    result = load(port, scenario, concurrency, duration, target.startswith("gateway"))
+    result = load(port, scenario, concurrency, duration, target.startswith("gateway"), stack.headers)
     cpu1 = tree_cpu(proc.pid)
     result["server_cpu_s_per_1k"] = (cpu1 - cpu0) / max(result["requests"], 1) * 1000
     result["server_peak_rss_kib"] = proc_peak_rss_kib(proc.pid)
