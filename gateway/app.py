@@ -10,6 +10,7 @@ aggregate is announced to clients on their GET streams.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 import logging
 import os
 
@@ -21,9 +22,11 @@ from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.front.sessions import Session, SessionStore
 from gateway.policy.admission import Admission
-from gateway.policy.auth import Authenticator
 from gateway.policy.chain import build_admission
 from gateway.server.api import Reply, Request
+
+if TYPE_CHECKING:
+    from gateway.policy.auth import Authenticator
 
 __all__ = ["Gateway"]
 
@@ -72,9 +75,11 @@ class Gateway:
         )
         # Authentication ([auth], or mutual TLS alone): None when neither is configured.
         mtls = config.server.tls_client_ca_file is not None
-        self.authenticator = (
-            Authenticator(config.auth, mtls=mtls, path=config.server.path) if config.auth is not None or mtls else None
-        )
+        self.authenticator: Authenticator | None = None
+        if config.auth is not None or mtls:
+            from gateway.policy.auth import Authenticator  # the JWT stack, only when it is used (memory)
+
+            self.authenticator = Authenticator(config.auth, mtls=mtls, path=config.server.path)
         self.front = McpFront(config, self.catalog, self.sessions, admission, self.authenticator)
         self.front.on_backend_notification = self._backend_notification
         # The HTTP protocol offers each request here first (see gateway.front.express).
@@ -105,6 +110,10 @@ class Gateway:
         """End sessions, stop background work and every backend."""
         self._started = False
         await self.sessions.close()
+        if self._tasks:
+            # Ending the sessions released their per-client upstream sessions: let that finish
+            # (briefly) before the rest of the background work is cancelled.
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

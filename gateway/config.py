@@ -32,7 +32,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-__all__ = ["BackendConfig", "Config", "ConfigError", "GatewayConfig", "RootConfig", "ServerConfig"]
+__all__ = ["BackendConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig", "RootConfig", "ServerConfig"]
 
 
 class ConfigError(Exception):
@@ -151,6 +151,64 @@ class RootConfig(_Table):
     """A name for it that the server may show."""
 
 
+_OneLine = Annotated[str, Meta(min_length=1, pattern=_HEADER_VALUE)]
+
+
+class CredentialConfig(_Table):
+    """``[backends.NAME.credential]``: the HTTP backend's own OAuth 2.0 credential, fetched from
+    ``token_url`` and sent as ``Authorization: Bearer ...`` (instead of ``bearer_token``). The
+    client's own token never goes to a backend.
+
+    ``grant = "client_credentials"`` (RFC 6749 4.4): the gateway's token, fetched when the backend
+    starts and refreshed in the background at 80% of its ``expires_in`` (no ``expires_in``: every
+    5 min). A refresh that fails keeps the token until it expires, retrying with backoff (1 s,
+    doubling, at most 60 s); a backend with no valid token is DOWN (``no token from the token
+    endpoint: ...``) and retried like an unreachable one.
+
+    ``grant = "token_exchange"`` (RFC 8693): each call made for a client carries a token the
+    endpoint issued for *that client* (the client's token as ``subject_token``, this backend as
+    ``audience``), which is what a child gateway needs to apply its own rules. Exchanged tokens
+    are cached per caller (issuer, subject, roles, scopes) until their expiry (and never past the
+    client's own token's), at most 10,000; concurrent calls of one caller share one exchange. The
+    gateway's own requests (initialize, the catalog's lists, the notification stream) carry a
+    ``client_credentials`` token of the same client, as above. Needs ``[auth]`` with a JWT
+    issuer (the subject token is the caller's JWT; an API key or a client certificate has none,
+    and is refused 403) and ``session = "per-client"`` (each caller's upstream session is opened
+    with its own token: a child gateway binds sessions to their principal). The endpoint refusing
+    the subject token (HTTP 400 ``invalid_request``, ``invalid_grant``, ``invalid_target``,
+    ``invalid_scope``) answers the client 403 (-32052, ``token_exchange_refused``); any other
+    failure (unreachable, 5xx, the gateway's client refused) 503 (-32054,
+    ``token_exchange_failed``). Nothing reaches the backend then.
+    """
+
+    grant: Literal["client_credentials", "token_exchange"]
+    """``client_credentials`` (the gateway's own token) or ``token_exchange`` (one per caller)."""
+    token_url: Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+    """The authorization server's token endpoint: ``https://`` (``http://`` only on a loopback
+    address: the client secret must not cross a network in clear)."""
+    client_id: _OneLine
+    """The gateway's client id at the token endpoint."""
+    client_secret: _OneLine
+    """Its secret, usually ``"${ENV_VAR}"``."""
+    client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    """How the client authenticates (RFC 6749 2.3.1): HTTP Basic (the default), or
+    ``client_id`` and ``client_secret`` in the form."""
+    scope: Annotated[str, Meta(min_length=1, pattern=_HEADER_VALUE)] | None = None
+    """The ``scope`` asked for (space-separated); unset: none is sent."""
+    audience: Annotated[str, Meta(min_length=1, pattern=_HEADER_VALUE)] | None = None
+    """The ``audience`` asked for. Token exchange: defaults to the backend's ``url``;
+    client credentials: unset sends none."""
+    resource: Annotated[str, Meta(min_length=1, pattern=_HEADER_VALUE)] | None = None
+    """An RFC 8707 ``resource`` to ask for as well (unset: none is sent)."""
+    subject_token_type: Literal["access_token", "jwt"] = "access_token"
+    """Token exchange: the ``subject_token_type`` declared for the client's token
+    (``urn:ietf:params:oauth:token-type:access_token`` or ``...:jwt``)."""
+    ca_file: _Text | None = None
+    """PEM CA bundle to verify ``token_url``'s certificate (default: the system trust store)."""
+    timeout: _Seconds = 10.0
+    """Seconds one token request may take."""
+
+
 class BackendConfig(_Table):
     """``[backends.NAME]``: one MCP server. Give ``url`` (HTTP) or ``command`` (stdio)."""
 
@@ -160,7 +218,11 @@ class BackendConfig(_Table):
     headers: dict[Annotated[str, Meta(pattern=_HEADER_NAME)], _HeaderValue] = {}
     """Static headers sent to an HTTP backend (never the client's credentials)."""
     bearer_token: _HeaderValue | None = None
-    """Sent as ``Authorization: Bearer ...`` to an HTTP backend."""
+    """Sent as ``Authorization: Bearer ...`` to an HTTP backend (a static credential; see
+    ``credential`` for one fetched from a token endpoint)."""
+    credential: CredentialConfig | None = None
+    """The backend's own OAuth credential (``[backends.NAME.credential]``: a client-credentials
+    token, or a token exchanged per caller); instead of ``bearer_token``."""
     command: Annotated[str, Meta(pattern=_COMMAND)] | None = None
     """Program to spawn for a stdio backend: a name looked up on ``PATH``, or a path."""
     args: list[_Text] = []
@@ -193,7 +255,13 @@ class BackendConfig(_Table):
     gateway warns loudly at start: anyone on the path can read and change the traffic)."""
     identity_headers: dict[_Text, Annotated[str, Meta(pattern=_HEADER_NAME)]] = {}
     """Claims of the caller's token sent to this backend as headers, ``{ sub = "x-user" }``
-    (claim -> header), for backends that trust the gateway. The client's token itself is never sent."""
+    (claim -> header), for backends that trust the gateway. The client's token itself is never
+    sent, nor any header the client sent: a client's own ``x-user`` goes nowhere. A claim is
+    looked up by its name, then as a dotted path (``realm_access.roles``); a string is sent as
+    it is (UTF-8), any other value as its JSON; a missing claim, and a value with a control
+    character, leading or trailing white space, or over 4 KiB, sends no header. Calls without a
+    verified token (API keys, client certificates, no ``[auth]``) and the gateway's own
+    requests send none. Such a backend's calls take the general path, not the express lane."""
     roots: list[_FileUri | RootConfig] | None = None
     """The answer to the server's ``roots/list``: ``file://`` URIs (``"file:///srv"``) or tables
     (``{ uri = "file:///srv", name = "srv" }``). When set, the gateway answers ``roots/list``
@@ -342,6 +410,7 @@ class Config(_Table):
 # -- loading ---------------------------------------------------------------------------------------
 
 import difflib  # noqa: E402 - the loader's own imports, kept next to it
+import ipaddress  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -355,7 +424,7 @@ from urllib.parse import urlsplit  # noqa: E402
 __all__ += ["describe", "load_config", "load_config_text", "stdio_problem", "url_problem"]
 
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = frozenset({"bearer_token", "headers", "env"})
+_SECRET_KEYS = frozenset({"bearer_token", "headers", "env", "client_secret"})
 # Headers the HTTP backend writes itself; a static one would contradict or break the request.
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "content-type", "mcp-session-id", "mcp-protocol-version"}
@@ -837,6 +906,7 @@ def _validate(config: Config, where: _Where) -> None:
     namespaces: dict[str, str] = {}
     for name, backend in config.backends.items():
         _validate_backend(("backends", name), backend, where)
+        _validate_credential(("backends", name), backend, config, where)
         namespace = backend.namespace or name
         if not backend.enabled:
             continue
@@ -881,6 +951,76 @@ def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Whe
         )
 
 
+# Header names an identity header may not take: what the gateway writes itself, the credential,
+# and the MCP transport's own (mcp-method, mcp-name, mcp-param-* of the stateless era).
+_IDENTITY_RESERVED = _RESERVED_HEADERS | {"authorization", "accept", "user-agent", "cookie"}
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_credential(path: tuple[str, str], backend: BackendConfig, config: Config, where: _Where) -> None:
+    """``credential`` and ``identity_headers``: HTTP backends only, no second credential, a token
+    URL that keeps the client secret off the network in clear, what token exchange needs."""
+    credential = backend.credential
+    for key, set_ in (("credential", credential is not None), ("identity_headers", bool(backend.identity_headers))):
+        if set_ and backend.url is None:
+            raise where.error((*path, key), "is for HTTP backends ('url'); this one has 'command'")
+    if credential is not None:
+        cpath = (*path, "credential")
+        if backend.bearer_token:
+            raise where.error(cpath, "conflicts with 'bearer_token': give one of them")
+        for header in backend.headers:
+            if header.lower() == "authorization":
+                raise where.error((*path, "headers", header), "conflicts with 'credential': give one of them")
+        url = credential.token_url
+        problem = url_problem(url)
+        if problem:
+            raise where.error((*cpath, "token_url"), problem)
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "https" and not _loopback(parts.hostname):
+            raise where.error(
+                (*cpath, "token_url"),
+                "must be an https:// URL (http:// only on a loopback address: the client secret must not cross a network in clear)",
+            )
+        if credential.ca_file is not None and parts.scheme.lower() != "https":
+            raise where.error((*cpath, "ca_file"), "is for an https:// token_url; this one is plain http://")
+        if credential.grant == "token_exchange":
+            if backend.session != "per-client":
+                raise where.error(
+                    (*path, "session"),
+                    "grant 'token_exchange' needs session = \"per-client\": each caller's upstream session is opened "
+                    "with that caller's exchanged token (a child gateway binds sessions to their principal)",
+                )
+            if config.auth is None or not config.auth.jwt:
+                raise where.error(
+                    (*cpath, "grant"),
+                    "'token_exchange' needs [auth] with a JWT issuer ([[auth.jwt]]): the token exchanged is the caller's JWT",
+                )
+    seen: dict[str, str] = {}
+    static = {h.lower() for h in backend.headers}
+    for claim, header in backend.identity_headers.items():
+        hpath = (*path, "identity_headers", claim)
+        lower = header.lower()
+        if not claim:
+            raise where.error((*path, "identity_headers"), "a claim name must not be empty")
+        if lower in _IDENTITY_RESERVED or lower.startswith("mcp-"):
+            raise where.error(hpath, f"header {header!r} is set by the gateway itself")
+        if lower in static:
+            raise where.error(hpath, f"header {header!r} is also a static header in 'headers'")
+        if lower in seen:
+            raise where.error(hpath, f"header {header!r} is also given to claim {seen[lower]!r}")
+        seen[lower] = claim
+
+
 def describe(config: Config) -> str:
     """What ``mcp-gateway serve`` would run with this config, secrets redacted."""
     s, g = config.server, config.gateway
@@ -904,6 +1044,11 @@ def describe(config: Config) -> str:
         if b.url:
             target = b.url
             extras = [f"{k}: ***" for k in b.headers] + (["bearer token ***"] if b.bearer_token else [])
+            c = b.credential
+            if c is not None:
+                extras.append(f"credential {c.grant} from {c.token_url} (client {c.client_id!r}, secret ***)")
+            if b.identity_headers:
+                extras.append("identity headers " + ", ".join(f"{k} -> {v}" for k, v in b.identity_headers.items()))
             if extras:
                 target += f" ({', '.join(extras)})"
         else:

@@ -383,6 +383,14 @@ class Pki:
         cert = self._write(f"{name}.pem", b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
         return cert, self._write(f"{name}.key", leaf.private_key_pem.bytes())
 
+    def server_context(self, cert: tuple[str, str] | None = None) -> Any:
+        """An ``ssl.SSLContext`` for a test server presenting ``cert`` (default: ``server``)."""
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*(cert or self.server))
+        return context
+
     def client_context(self, cert: tuple[str, str] | None = None) -> Any:
         """An ``ssl.SSLContext`` trusting ``ca`` only, presenting ``cert`` (mutual TLS) when given."""
         import ssl

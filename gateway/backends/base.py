@@ -64,8 +64,8 @@ class BackendCall:
 
     Only ``method`` is required; every other field's None means the default
     (the shared session, no sink, the configured timeout, ``preferred_era``, no
-    extra headers, no ticket, the gateway's own capabilities). The backend only
-    reads it: one call object may be sent again.
+    extra headers, no ticket, the gateway's own capabilities, the gateway's own
+    request). The backend only reads it: one call object may be sent again.
     """
 
     __slots__ = {
@@ -93,6 +93,13 @@ class BackendCall:
             "The client's capabilities, declared when ``session_key`` starts a per-client upstream "
             "session; None: the gateway's own."
         ),
+        "principal": (
+            "Who the request is made for: the caller's ``Principal`` (``gateway.backends.credentials.Caller``), "
+            "whose claims become the backend's ``identity_headers`` and whose own token a ``token_exchange`` "
+            "credential exchanges (it is never sent as it is). None: the gateway's own request (catalog lists, "
+            "subscriptions) or a caller without one (no ``[auth]``, the stdio front): the backend's own "
+            "credential, no identity headers."
+        ),
     }
 
     method: str
@@ -104,6 +111,7 @@ class BackendCall:
     headers: dict[str, str] | None
     ticket: Ticket | None
     capabilities: dict[str, Any] | None
+    principal: Any
 
     def __init__(
         self,
@@ -117,6 +125,7 @@ class BackendCall:
         headers: dict[str, str] | None = None,
         ticket: Ticket | None = None,
         capabilities: dict[str, Any] | None = None,
+        principal: Any = None,
     ) -> None:
         self.method = method
         self.params = params
@@ -127,6 +136,7 @@ class BackendCall:
         self.headers = headers
         self.ticket = ticket
         self.capabilities = capabilities
+        self.principal = principal
 
     def __repr__(self) -> str:
         return f"BackendCall({self.method!r}, era={self.era!r}, session_key={self.session_key!r})"

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -64,7 +64,7 @@ from gateway.ops.health import health_body
 from gateway.front.streams import LEVELS, LIST_FLAGS, Listener, spawn
 from gateway.front.routing import Answered, Routing, params_raw, params_with
 from gateway.policy.admission import Admission
-from gateway.policy.auth import PENDING, Authenticator
+from gateway.policy.identity import PENDING
 from gateway.protocol.initialize import InitializeParams, decode_initialize
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
 from gateway.protocol.versions import (
@@ -83,6 +83,9 @@ from gateway.protocol.stateless import (
 from gateway.front.sessions import RequestContext, Session, SessionStore
 from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES as _JSON_HEADER_LINES
+
+if TYPE_CHECKING:
+    from gateway.policy.auth import Authenticator
 
 __all__ = ["McpFront"]
 

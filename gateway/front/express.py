@@ -227,7 +227,10 @@ class _Call:
         """The general path's send, with its own retries (a new connection, a new session)."""
         try:
             answer = await self.backend.request(
-                BackendCall(self.msg.method, self.params, sink=self.send, era="handshake", ticket=self)  # type: ignore[arg-type]
+                BackendCall(
+                    self.msg.method, self.params, sink=self.send, era="handshake", ticket=self,  # type: ignore[arg-type]
+                    principal=self.session.context.principal,
+                )
             )
         except Exception as exc:  # GatewayError and RequestCancelled are answers; anything else is a 500
             self.answered(None, exc, False)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.backends.base import Backend, BackendCall, RequestCancelled, Ticket
-from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError, InternalError, InvalidParams, error_body
+from gateway.errors import GatewayError, InternalError, InvalidParams, error_body
 from gateway.front.answers import JSON_HEADERS, send_error, translate
 from gateway.front.bridge import MAX_ROUNDS, PendingCall, PendingCalls
 from gateway.front.streams import ClientStream, Relays, spawn
@@ -132,11 +132,12 @@ class Forwarder:
                         headers=headers,
                         ticket=ticket,
                         capabilities=ctx.capabilities if session_key is not None else None,
+                        principal=ctx.principal,
                     )
                 )
                 if ctx.era == "handshake" and era == "stateless" and stream is not None:
                     answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
-        except (BackendUnavailable, BackendTimeout) as err:
+        except GatewayError as err:  # down, timed out, a token exchange refused: the outcome hook sees each
             if self.admission.observes_outcomes:
                 self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, None, err)  # type: ignore[arg-type]
             if stream is None or not stream.started:
@@ -204,6 +205,7 @@ class Forwarder:
                     sink=stream.send,
                     era="handshake",
                     ticket=ticket,
+                    principal=ctx.principal,
                 )
             )
         except BaseException as exc:
@@ -337,6 +339,7 @@ class Forwarder:
                     era="stateless",
                     headers=headers,
                     ticket=ticket,
+                    principal=ctx.principal,
                 )
             )
         err = InternalError(f"the backend asked for input more than {MAX_ROUNDS} times", reason="too_many_input_rounds")

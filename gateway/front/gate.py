@@ -34,7 +34,7 @@ from time import time as _now
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import Forbidden, GatewayError, InvalidRequest
-from gateway.policy.auth import PENDING
+from gateway.policy.identity import PENDING
 
 if TYPE_CHECKING:
     from gateway.config import ServerConfig

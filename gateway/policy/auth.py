@@ -410,6 +410,7 @@ class Authenticator:
             _claim(claims, config.scopes_claim),
             claims,
             expires,
+            token=token,  # the subject token a token_exchange backend credential exchanges
         )
 
     @staticmethod

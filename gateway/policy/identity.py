@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Principal"]
+__all__ = ["PENDING", "Principal"]
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING = _Pending()
+"""Not decided yet: the token's issuer keys are being fetched (the general path awaits them).
+Here, not in ``auth``, so the request path can test for it without importing the JWT stack."""
 
 
 class Principal:
@@ -15,9 +27,14 @@ class Principal:
     ``claims`` the verified token's claims (empty for API keys); ``expires`` the Unix time
     after which it is no longer valid (None: does not expire). ``key`` is what decisions are
     cached by: two principals with equal keys are decided alike.
+
+    ``token`` is the raw bearer token a JWT principal was verified from (None for API keys and
+    client certificates): the subject token a ``token_exchange`` backend credential exchanges
+    (``gateway.backends.credentials``). It is a secret: never logged, never in ``repr``, never
+    sent to a backend as it is, and not part of ``key`` or equality.
     """
 
-    __slots__ = ("issuer", "subject", "roles", "scopes", "claims", "expires", "key", "owner")
+    __slots__ = ("issuer", "subject", "roles", "scopes", "claims", "expires", "key", "owner", "token")
 
     def __init__(
         self,
@@ -27,6 +44,7 @@ class Principal:
         scopes: frozenset[str] = frozenset(),
         claims: dict[str, Any] | None = None,
         expires: float | None = None,
+        token: str | None = None,
     ) -> None:
         self.issuer = issuer
         self.subject = subject
@@ -37,6 +55,7 @@ class Principal:
         self.key = (issuer, subject, roles, scopes)
         self.owner = (issuer, subject)
         """Whom a session this principal makes belongs to (a refreshed token with other scopes keeps it)."""
+        self.token = token
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Principal) and other.key == self.key

@@ -15,7 +15,7 @@ object, or one of four sentinels:
 
 Where the keys come from: ``jwks_file`` (read at construction, so a bad file
 stops the start, and re-read like a URL is refetched), or ``jwks_url`` over
-HTTPS (``gateway.policy.fetch``, with ``gateway.tls.client_context(ca_file)``).
+HTTPS (``gateway.httpclient.get``, with ``gateway.tls.client_context(ca_file)``).
 
 When they are fetched:
 
@@ -54,13 +54,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway.config import ConfigError
-from gateway.policy.fetch import FetchError, fetch
+from gateway.httpclient import HttpClientError as FetchError
+from gateway.httpclient import get as fetch
 from gateway.tls import client_context
 
 if TYPE_CHECKING:
     from gateway.config import JwtIssuerConfig
 
 __all__ = ["KeySet", "MISMATCH", "PENDING", "UNAVAILABLE", "UNKNOWN", "max_age", "parse_jwks"]
+
+from gateway.policy.identity import PENDING  # noqa: E402 - shared with the request path
 
 log = logging.getLogger("gateway.auth")
 
@@ -75,7 +78,6 @@ class _Sentinel:
         return self.name
 
 
-PENDING = _Sentinel("PENDING")
 UNKNOWN = _Sentinel("UNKNOWN")
 MISMATCH = _Sentinel("MISMATCH")
 UNAVAILABLE = _Sentinel("UNAVAILABLE")

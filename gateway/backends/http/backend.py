@@ -12,7 +12,19 @@ belong to no request (``list_changed``) arrive on a GET stream held open on a
 connection of its own.
 
 Static headers and the bearer token come from the config; nothing from the
-gateway's clients is forwarded.
+gateway's clients is forwarded. With a ``credential`` (``backends.credentials``)
+the backend's own token is fetched from a token endpoint: ``client_credentials``
+puts the gateway's token in the constant head, rebuilt whenever the token is
+refreshed (the express lane keeps working), and a backend without a valid token
+is DOWN; ``token_exchange`` sends each call made for a caller with a token
+exchanged for that caller (the gateway's own requests keep the gateway's token).
+``identity_headers`` add chosen claims of the caller. Both depend on the caller,
+so such a backend's calls never take the express lane (``express_ready`` is
+False) and ``_post`` builds their head per request: the constant head without
+the credential's token, the caller's token and identity lines, the session's
+lines. Whose call it is: ``BackendCall.principal``, else the caller that opened
+the per-client session (``UpSession.principal``), else nobody (the gateway's own
+request: the backend's own credential, no identity headers).
 
 An ``https://`` backend is reached over TLS (see ``pool``): its certificate and
 host name are verified, and one that fails leaves the backend DOWN with
@@ -39,20 +51,21 @@ from gateway.backends.base import (
     RequestCancelled,
     Ticket,
 )
+from gateway.backends.credentials import ClientCredentials, CredentialError, TokenExchange, identity_lines
 from gateway.backends.http.connection import Connection, Exchange
 from gateway.backends.http.outcome import classify
 from gateway.backends.http.pool import Pool, QueuedCall, connect_problem, expire
 from gateway.backends.http.session import UpSession, stateless_session
 from gateway.backends.http.stream import BACKOFF_MAX, NotificationStream, get_request
 from gateway.config import BackendConfig
-from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
 from gateway.protocol.initialize import initialize_params, with_envelope
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.protocol.versions import STATELESS_VERSIONS
 from gateway.protocol.stateless import NAME_PARAM, encode_header_value
 from gateway.timers import Deadlines
 
-__all__ = ["HttpBackend"]
+__all__ = ["BackendAuth", "HttpBackend"]
 
 _decode = msgspec.json.Decoder(Message).decode
 # Read once: on 3.11 an Enum member looked up on its class goes through EnumType.__getattr__.
@@ -63,8 +76,49 @@ class _SessionExpired(Exception):
     """The backend answered 404 to a request carrying our session id."""
 
 
+def _never() -> bool:
+    return False
+
+
+class BackendAuth:
+    """An HTTP backend's ``credential`` and ``identity_headers``, and the head parts they need.
+
+    One attribute of the backend (``HttpBackend.auth``, None without either), not several
+    (see ``HttpBackend`` on its attributes).
+    """
+
+    __slots__ = ("own", "exchange", "identity", "per_caller", "bare_head", "post_line")
+
+    def __init__(self, backend: HttpBackend, config: BackendConfig, bare_head: bytes, post_line: bytes) -> None:
+        credential = config.credential
+        self.own: ClientCredentials | None = None
+        """The backend's own token (``client_credentials``; with ``token_exchange`` too, for the
+        gateway's own requests)."""
+        self.exchange: TokenExchange | None = None
+        """Tokens exchanged per caller (``token_exchange``)."""
+        if credential is not None:
+            self.own = ClientCredentials(backend.name, credential, backend._token_changed)
+            if credential.grant == "token_exchange":
+                self.exchange = TokenExchange(backend.name, credential, config.url or "")
+        self.identity = dict(config.identity_headers)
+        """claim -> header name."""
+        self.per_caller = self.exchange is not None or bool(self.identity)
+        """Whether a request's head depends on whom it is made for."""
+        self.bare_head = bare_head
+        """The constant head lines without the credential's token."""
+        self.post_line = post_line
+        """``POST <path> HTTP/1.1``."""
+
+
 class HttpBackend(Backend):
-    """An MCP server reached over Streamable HTTP (``http://`` or ``https://``)."""
+    """An MCP server reached over Streamable HTTP (``http://`` or ``https://``).
+
+    Mind the number of instance attributes: CPython 3.11 shares an instance's attribute keys
+    only up to a limit this class is close to, and past it every attribute read on the express
+    path gets slower (some 1,000 instructions per call, ``benchmarks.instructions``). So what
+    only the start needs is read from the pool (``host``, ``port``, ``tls``) and the credential's
+    parts are one attribute (``auth``).
+    """
 
     def __init__(
         self, name: str, config: BackendConfig, *, default_timeout: float = 60.0, client_info: dict[str, Any] | None = None
@@ -73,21 +127,28 @@ class HttpBackend(Backend):
         parts = urlsplit(config.url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend {name!r}: only http:// and https:// URLs are supported, got {config.url!r}")
-        self.host = parts.hostname
-        self.tls = parts.scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
+        tls = parts.scheme == "https"
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.default_timeout = default_timeout
         self.log = logging.getLogger(f"gateway.backend.{name}")
         self._head = self._build_head(parts.netloc)
         self._post_head = b"POST " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head
+        # The backend's own OAuth credential and its identity headers (see the module docstring).
+        self.auth: BackendAuth | None = None
+        if config.credential is not None or config.identity_headers:
+            post_line = b"POST " + self.path.encode("latin-1") + b" HTTP/1.1\r\n"
+            self.auth = BackendAuth(self, config, self._head, post_line)
+            if self.auth.per_caller:
+                # Its heads depend on the caller: never the express lane. An instance attribute,
+                # so that the plain backend's express_ready costs not one instruction more.
+                self.express_ready = _never  # type: ignore[method-assign]
         self._deadlines = Deadlines()  # request timeouts, checked on one tick instead of a timer each
         self._next_id = 0
         # The upstream session every client shares (``shared``), and the stateless era's pseudo-session.
         self.shared = UpSession()
         self._stateless = stateless_session()
         self._per_client: dict[str, UpSession] = {}
-        self.pool = Pool(self, config, self.host, self.port, self._deadlines, tls=self.tls)
+        self.pool = Pool(self, config, parts.hostname, parts.port or (443 if tls else 80), self._deadlines, tls=tls)
         # The pool's containers, read here on the fast paths without going through the pool.
         self._idle = self.pool.idle
         self._all = self.pool.all
@@ -96,6 +157,21 @@ class HttpBackend(Backend):
         self._recovering: asyncio.Task[None] | None = None
         # Set by stop() until the next start(): nothing new is begun, freed connections close.
         self.stopping = False
+
+    @property
+    def host(self) -> str:
+        """The backend's host name or address (the URL's)."""
+        return self.pool.host
+
+    @property
+    def port(self) -> int:
+        """Its port (the URL's, else 443 for https://, 80 for http://)."""
+        return self.pool.port
+
+    @property
+    def tls(self) -> bool:
+        """Whether it is reached over TLS (an ``https://`` URL)."""
+        return self.pool.tls
 
     def _build_head(self, netloc: str) -> bytes:
         lines = [
@@ -108,6 +184,34 @@ class HttpBackend(Backend):
         if self.config.bearer_token:
             lines.append(f"authorization: Bearer {self.config.bearer_token}")
         return ("".join(f"{line}\r\n" for line in lines)).encode("latin-1")
+
+    def _token_changed(self, token: str | None, why: str | None) -> None:
+        """The credential has a new token (rebuild the constant heads: the next request, express
+        or not, carries it), or lost its last one (DOWN until the recovery fetches one)."""
+        auth = self.auth
+        assert auth is not None
+        line = b"" if token is None else b"authorization: Bearer " + token.encode("ascii") + b"\r\n"
+        self._head = auth.bare_head + line
+        self._post_head = auth.post_line + self._head
+        self.stream.head = self._head
+        for session in (self.shared, self._stateless, *self._per_client.values()):
+            session.forget_head()
+        if token is None and self.state is _READY and not self.stopping:
+            self._went_down(why or "no backend token")
+
+    async def _head_for(self, who: Any) -> bytes:
+        """The constant head lines of a request made for ``who`` (a principal): the caller's
+        exchanged token instead of the backend's own (``token_exchange``; raises the
+        ``GatewayError`` the exchange answers), and its identity headers."""
+        auth = self.auth
+        assert auth is not None
+        head = self._head
+        if auth.exchange is not None:
+            token = await auth.exchange.token_for(who)
+            head = auth.bare_head + b"authorization: Bearer " + token.encode("ascii") + b"\r\n"
+        if auth.identity:
+            head += identity_lines(who, auth.identity)
+        return head
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -134,7 +238,17 @@ class HttpBackend(Backend):
         A discover that fails in any way (an error, a non-JSON answer, silence
         until a short timeout) means "no stateless era"; then initialize
         decides. A backend that speaks both is used in the client's own era.
+        With a ``credential``, a valid token comes first (fetched now if need be);
+        none: ``BackendUnavailable`` (``backend_token``), so the backend is DOWN
+        with the token endpoint's failure as its reason, and retried.
         """
+        if self.auth is not None and self.auth.own is not None:
+            try:
+                await self.auth.own.ensure()
+            except CredentialError as exc:
+                raise BackendUnavailable(
+                    f"backend {self.name!r}: no token from the token endpoint: {exc}", reason="backend_token"
+                ) from None
         eras = set()
         try:
             discover = await self._discover()
@@ -188,6 +302,11 @@ class HttpBackend(Backend):
         await asyncio.gather(*(self._delete(s) for s in sessions if s.session_id), return_exceptions=True)
         self.pool.close()
         self.stream.close()
+        if self.auth is not None:
+            if self.auth.own is not None:
+                self.auth.own.stop()
+            if self.auth.exchange is not None:
+                self.auth.exchange.forget()
         self._set_state(BackendState.STOPPED)
 
     def _went_down(self, error: str) -> None:
@@ -224,20 +343,23 @@ class HttpBackend(Backend):
             raise BackendUnavailable(f"backend {self.name!r} is {self.state.value}: {self.last_error}", reason="backend_down")
         method, params, sink, ticket, timeout = call.method, call.params, call.sink, call.ticket, call.timeout
         limit = timeout if timeout is not None else (self.config.request_timeout or self.default_timeout)
+        principal = call.principal
         if (call.era or self.preferred_era) == "stateless" and "stateless" in self.eras:
-            return await self._request_stateless(method, params, call.headers, sink, limit, ticket)
+            return await self._request_stateless(method, params, call.headers, sink, limit, ticket, principal)
         shared = self.shared
         session_key = call.session_key
         if shared.ready and (session_key is None or self.config.session != "per-client"):
             session = shared  # the fast path: no await before the request goes out
         else:
-            session = await self._session_for(session_key, call.capabilities)
+            session = await self._session_for(session_key, call.capabilities, principal)
         for attempt in (1, 2):
             self._next_id += 1
             upstream_id = self._next_id
             body = encode(Message(id=upstream_id, method=method, params=params))
             try:
-                answer, _ = await self._post(session, body, upstream_id, sink, limit, ticket=ticket, required=True)
+                answer, _ = await self._post(
+                    session, body, upstream_id, sink, limit, ticket=ticket, required=True, principal=principal
+                )
             except _SessionExpired:
                 if attempt == 2:
                     raise BackendUnavailable(f"backend {self.name!r} keeps rejecting its session") from None
@@ -254,7 +376,8 @@ class HttpBackend(Backend):
         ready, and an idle open connection, or a full pool to wait in line for (a queued call
         is sent, in its turn, from the callback that frees a connection). False when a
         closed idle connection must be dropped or the pool has room for a new one: the
-        general path does both."""
+        general path does both. A backend whose heads depend on the caller
+        (``token_exchange``, ``identity_headers``) has this replaced by one answering False."""
         if self.state is not _READY or "handshake" not in self.eras or self.config.session == "per-client":
             return False
         if not self.shared.ready:
@@ -346,8 +469,10 @@ class HttpBackend(Backend):
         sink: MessageSink | None,
         limit: float,
         ticket: Ticket | None,
+        principal: Any = None,
     ) -> Message:
-        """One self-contained 2026-07-28 POST: routing headers, ``_meta`` in params, no session."""
+        """One self-contained 2026-07-28 POST: routing headers, ``_meta`` in params, no session;
+        made for ``principal`` (its credential and identity headers), or the gateway's own."""
         if params is UNSET or b"io.modelcontextprotocol/protocolVersion" not in bytes(params):
             params = with_envelope(params)
         if headers is None and method in NAME_PARAM:
@@ -362,7 +487,7 @@ class HttpBackend(Backend):
         body = encode(Message(id=upstream_id, method=method, params=params))
         extra_head = "".join(extra).encode("latin-1")
         answer, _ = await self._post(
-            self._stateless, body, upstream_id, sink, limit, extra_head, ticket=ticket, required=True
+            self._stateless, body, upstream_id, sink, limit, extra_head, ticket=ticket, required=True, principal=principal
         )
         return answer  # type: ignore[return-value]  # required: never None
 
@@ -400,7 +525,11 @@ class HttpBackend(Backend):
             with contextlib.suppress(Exception):
                 await self._delete(session)
 
-    async def _session_for(self, session_key: str | None, capabilities: dict[str, Any] | None = None) -> UpSession:
+    async def _session_for(
+        self, session_key: str | None, capabilities: dict[str, Any] | None = None, principal: Any = None
+    ) -> UpSession:
+        """The upstream session of ``session_key``, initialized if need be; a new per-client one
+        belongs to ``principal`` (the caller whose call opens it: its credential opens it)."""
         if session_key is None or self.config.session != "per-client":
             session = self.shared
         else:
@@ -409,7 +538,7 @@ class HttpBackend(Backend):
                 if self.config.roots is not None:
                     # The gateway answers roots/list from config: declare the capability so the server asks.
                     capabilities = {**(capabilities or {}), "roots": {}}
-                session = self._per_client[session_key] = UpSession(capabilities)
+                session = self._per_client[session_key] = UpSession(capabilities, principal)
         if not session.ready:
             await self._ensure_session(session)
         return session
@@ -446,11 +575,19 @@ class HttpBackend(Backend):
         *,
         ticket: Ticket | None = None,
         required: bool = False,
+        principal: Any = None,
     ) -> tuple[Message | None, dict[str, str]]:
         """POST ``body`` and await its answer, retrying once on a kept-alive connection the
         backend had closed. ``required``: an empty answer is an error (a request's); else it
-        is returned as None (a notification's 202; initialize and discover decide)."""
-        head = session.head(self._post_head)
+        is returned as None (a notification's 202; initialize and discover decide).
+        ``principal``: whom it is made for (None: the session's own, ``UpSession.principal``);
+        with a credential or identity headers that depend on the caller, its head is made for
+        that caller, awaiting a token exchange first (whose failure is raised: nothing is sent)."""
+        auth = self.auth
+        if auth is not None and auth.per_caller and (who := principal or session.principal) is not None:
+            head = auth.post_line + await self._head_for(who) + session.lines()
+        else:
+            head = session.head(self._post_head)
         data = b"%b%bcontent-length: %d\r\n\r\n%b" % (head, extra, len(body), body)
         deadlines = self._deadlines
         for attempt in (1, 2):
@@ -512,15 +649,18 @@ class HttpBackend(Backend):
         self._spawn(self._post_quietly(session, body))
 
     async def _post_quietly(self, session: UpSession, body: bytes) -> None:
-        with contextlib.suppress(BackendUnavailable, BackendTimeout):
+        with contextlib.suppress(GatewayError):  # unavailable, timed out, or no token for the session's caller
             await self._post(session, body, None, None, self.config.connect_timeout)
 
     async def _delete(self, session: UpSession) -> None:
-        head = (
-            b"DELETE " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + self._head
-            + b"mcp-session-id: " + (session.session_id or "").encode("latin-1") + b"\r\ncontent-length: 0\r\n\r\n"
-        )
-        with contextlib.suppress(BackendUnavailable, ConnectionError, asyncio.TimeoutError, OSError):
+        with contextlib.suppress(GatewayError, ConnectionError, asyncio.TimeoutError, OSError):
+            lines = self._head
+            if self.auth is not None and self.auth.per_caller and session.principal is not None:
+                lines = await self._head_for(session.principal)  # the session's caller deletes it
+            head = (
+                b"DELETE " + self.path.encode("latin-1") + b" HTTP/1.1\r\n" + lines
+                + b"mcp-session-id: " + (session.session_id or "").encode("latin-1") + b"\r\ncontent-length: 0\r\n\r\n"
+            )
             conn = await self.pool.acquire()
             exchange = Exchange(None, None)
             conn.send(exchange, head)
@@ -565,7 +705,7 @@ class HttpBackend(Backend):
     async def _respond_quietly(
         self, upstream_id: Any, error: Raw | None, session_key: str | None, result: Raw | None = None
     ) -> None:
-        with contextlib.suppress(BackendUnavailable, BackendTimeout):
+        with contextlib.suppress(GatewayError):
             await self.respond(upstream_id, result, error, session_key=session_key)
 
     def _key_of(self, session: UpSession | None) -> str | None:
@@ -614,12 +754,19 @@ class HttpBackend(Backend):
             return
         session = exchange.session
         assert session is not None
+        lines = self._head
+        if self.auth is not None and self.auth.per_caller and session.principal is not None:
+            try:
+                lines = await self._head_for(session.principal)
+            except GatewayError as err:
+                exchange.fail(err)
+                return
         try:
             conn = await self.pool.open_connection()
         except (OSError, asyncio.TimeoutError) as exc:
             exchange.fail(BackendUnavailable(f"backend {self.name!r}: cannot resume its stream: {connect_problem(exc)}"))
             return
-        head = get_request(self.path, self._head, session, exchange.last_id or "")
+        head = get_request(self.path, lines, session, exchange.last_id or "")
         exchange.status = 0
         exchange.headers = {}
         exchange.sse = None

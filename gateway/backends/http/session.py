@@ -19,15 +19,19 @@ __all__ = ["UpSession", "stateless_session"]
 class UpSession:
     """One upstream MCP session (its id and negotiated version)."""
 
-    __slots__ = ("session_id", "version", "lock", "ready", "capabilities", "_head", "_head_for")
+    __slots__ = ("session_id", "version", "lock", "ready", "capabilities", "principal", "_head", "_head_for")
 
-    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
+    def __init__(self, capabilities: dict[str, Any] | None = None, principal: Any = None) -> None:
         self.session_id: str | None = None
         self.version: str | None = None
         self.lock = asyncio.Lock()
         self.ready = False
         # Declared in initialize: the client's own for a per-client session, else the gateway's.
         self.capabilities = capabilities
+        # The caller whose call opened a per-client session: every request in it (initialize,
+        # notifications, answers, DELETE) carries that caller's credential and identity headers.
+        # None: the gateway's own session (shared, stateless), sent with the backend's own credential.
+        self.principal = principal
         self._head = b""
         self._head_for: tuple[str | None, str | None] | None = None
 
@@ -43,6 +47,20 @@ class UpSession:
                 lines.append(b"mcp-session-id: " + self.session_id.encode("latin-1") + b"\r\n")
             self._head, self._head_for = b"".join(lines), key
         return self._head
+
+    def lines(self) -> bytes:
+        """This session's version and id header lines alone (not cached: for requests whose
+        constant head depends on the caller)."""
+        out = b""
+        if self.version:
+            out += b"mcp-protocol-version: " + self.version.encode("latin-1") + b"\r\n"
+        if self.session_id:
+            out += b"mcp-session-id: " + self.session_id.encode("latin-1") + b"\r\n"
+        return out
+
+    def forget_head(self) -> None:
+        """The backend's constant head changed (a new token): build ``head`` again next time."""
+        self._head_for = None
 
 
 def stateless_session() -> UpSession:
