@@ -47,7 +47,9 @@ class Counting(Admission):
         self.outcomes.append((method, name, error is None))
 
 
-async def stateless_post(port: int, method: str, params: dict[str, Any], name: str | None = None) -> Response:
+async def stateless_post(
+    port: int, method: str, params: dict[str, Any], name: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     """One 2026-07-28 request on a real socket (no session; ``_meta`` and routing headers)."""
     data = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}}).encode()
     head = (
@@ -57,6 +59,7 @@ async def stateless_post(port: int, method: str, params: dict[str, Any], name: s
     )
     if name is not None:
         head += f"mcp-name: {name}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head.encode() + b"\r\n" + data)

@@ -15,7 +15,6 @@ and the stdio front.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -666,20 +665,8 @@ async def test_the_stdio_front_applies_the_rules(http_backend: Child, tmp_path: 
 
 async def _stateless_call(port: int, name: str, region_header: str) -> Response:
     """A 2026-07-28 tools/call whose Mcp-Param-Region header disagrees with its arguments."""
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    params = {"name": name, "arguments": {"region": "eu"}, "_meta": meta}
-    data = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
-    head = (
-        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\naccept: application/json, text/event-stream\r\n"
-        f"content-type: application/json\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\n"
-        f"mcp-name: {name}\r\nmcp-param-region: {region_header}\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
-    )
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head.encode() + b"\r\n" + data)
-        return Response(await asyncio.wait_for(reader.read(), 10))
-    finally:
-        writer.close()
+    params = {"name": name, "arguments": {"region": "eu"}}
+    return await stateless_post(port, "tools/call", params, name, {"mcp-param-region": region_header})
 
 
 async def test_a_hidden_tool_with_routing_headers_is_answered_as_unknown_not_as_a_header_mismatch() -> None:
