@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 import platform
 
-__all__ = ["USING_EXTENSIONS", "Router", "keep_alive", "parse_request", "parse_response", "prefix_uri"]
+__all__ = [
+    "USING_EXTENSIONS",
+    "Router",
+    "TokenBuckets",
+    "keep_alive",
+    "parse_request",
+    "parse_response",
+    "prefix_uri",
+]
 
 _WANT = os.environ.get("GATEWAY_NO_EXTENSIONS", "") in ("", "0") and platform.python_implementation() == "CPython"
 
@@ -18,6 +26,7 @@ USING_EXTENSIONS = False
 if _WANT:
     try:
         from gateway._fast.http1 import keep_alive, parse_request, parse_response
+        from gateway._fast.ratelimit import TokenBuckets
         from gateway._fast.router import Router, prefix_uri
 
         USING_EXTENSIONS = True
@@ -25,4 +34,5 @@ if _WANT:
         pass
 if not USING_EXTENSIONS:
     from gateway._fast._http1_py import keep_alive, parse_request, parse_response  # type: ignore[assignment]
+    from gateway._fast._ratelimit_py import TokenBuckets  # type: ignore[assignment]
     from gateway._fast._router_py import Router, prefix_uri  # type: ignore[assignment]
