@@ -15,6 +15,7 @@ macros = [("CYTHON_TRACE", "1")] if DEBUG else []
 extensions = [
     Extension("gateway._fast.router", ["gateway/_fast/router.pyx"], define_macros=macros),
     Extension("gateway._fast.http1", ["gateway/_fast/http1.pyx"], define_macros=macros),
+    Extension("gateway._fast.lru", ["gateway/_fast/lru.pyx"], define_macros=macros),
     Extension("gateway._fast.ratelimit", ["gateway/_fast/ratelimit.pyx"], define_macros=macros),
 ]
 

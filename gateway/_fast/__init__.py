@@ -11,9 +11,11 @@ import os
 import platform
 
 __all__ = [
+    "LRU",
     "USING_EXTENSIONS",
     "Router",
     "TokenBuckets",
+    "cache_key",
     "keep_alive",
     "parse_request",
     "parse_response",
@@ -26,6 +28,7 @@ USING_EXTENSIONS = False
 if _WANT:
     try:
         from gateway._fast.http1 import keep_alive, parse_request, parse_response
+        from gateway._fast.lru import LRU, cache_key
         from gateway._fast.ratelimit import TokenBuckets
         from gateway._fast.router import Router, prefix_uri
 
@@ -34,5 +37,6 @@ if _WANT:
         pass
 if not USING_EXTENSIONS:
     from gateway._fast._http1_py import keep_alive, parse_request, parse_response  # type: ignore[assignment]
+    from gateway._fast._lru_py import LRU, cache_key  # type: ignore[assignment]
     from gateway._fast._ratelimit_py import TokenBuckets  # type: ignore[assignment]
     from gateway._fast._router_py import Router, prefix_uri  # type: ignore[assignment]
