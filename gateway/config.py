@@ -27,12 +27,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-__all__ = ["BackendConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig", "RootConfig", "ServerConfig"]
+__all__ = [
+    "BackendConfig", "BreakerConfig", "CacheConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig",
+    "LimitConfig", "RootConfig", "ServerConfig", "ToolShapeConfig",
+]
 
 
 class ConfigError(Exception):
@@ -136,6 +139,10 @@ class GatewayConfig(_Table):
     """Default seconds a backend gets to answer a request."""
     list_timeout: _Seconds = 5.0
     """Seconds a backend gets to answer a list request while building the catalog."""
+    cache_max_entries: _Count = 100_000
+    """Most results the cache holds (all backends together)."""
+    cache_max_bytes: _Count = 64 * 1024 * 1024
+    """Most bytes the cache holds (keys and results, plus a small overhead per entry)."""
     express: bool = True
     """Answer the common call (a handshake-era ``tools/call`` in a known session, to a ready
     HTTP backend with a shared upstream session) in callbacks, without a task: the lowest
@@ -209,12 +216,75 @@ class CredentialConfig(_Table):
     """Seconds one token request may take."""
 
 
+class BreakerConfig(_Table):
+    """``[backends.NAME.breaker]``: a circuit breaker. Transport errors, timeouts and HTTP 5xx
+    count as failures; a JSON-RPC error the backend answered does not (it is an answer). When at
+    least ``min_calls`` calls ended in the last ``window`` seconds and ``failure_ratio`` of them
+    failed, the circuit opens: for ``open_for`` seconds every call is answered at once with 503
+    (-32056 ``CircuitOpen``, ``Retry-After``), nothing sent upstream; then up to
+    ``half_open_calls`` probe calls go through: one success closes it, a failure opens it again."""
+
+    failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    """The share of failed calls in the window that opens the circuit."""
+    min_calls: _Count = 20
+    """Fewest calls in the window before the ratio is judged."""
+    window: _Seconds = 10.0
+    """Seconds of calls the ratio is judged over."""
+    open_for: _Seconds = 30.0
+    """Seconds the circuit stays open before half-open probes."""
+    half_open_calls: _Count = 1
+    """Probe calls let through at once while half-open."""
+
+
+class CacheConfig(_Table):
+    """``[backends.NAME.cache]``: cache this backend's successful ``tools/call`` results (and
+    ``resources/read``, ``prompts/get`` of the names listed). A hit is answered in admission,
+    without touching the backend. Never cached: an error (JSON-RPC, or a result with
+    ``isError``), an ``input_required`` round, a call with a progress token. A backend's entries
+    are dropped on its ``list_changed`` and ``resources/updated`` notifications. Identical calls
+    in flight at once (same key, caller included) share one upstream call (coalescing)."""
+
+    tools: list[Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]] = []
+    """Names or globs of the backend's own tool, prompt and resource names (not the exposed,
+    namespaced ones) whose results are cached."""
+    read_only: bool = False
+    """Also cache every tool the backend annotates ``readOnlyHint: true``."""
+    ttl: _Seconds = 60.0
+    """Seconds a result stays fresh (a stateless-era backend's ``ttlMs`` hint, when smaller, wins)."""
+    scope: Literal["principal", "shared"] = "principal"
+    """``principal``: each caller has its own entries (a result is never served to another
+    caller). ``shared``: one entry for every caller, for results that do not depend on who asks
+    (a backend's ``cacheScope: "private"`` hint makes a result per-principal anyway)."""
+
+
+class ToolShapeConfig(_Table):
+    """``[backends.NAME.tools.TOOL]``: how the backend's tool ``TOOL`` (its own name) is exposed."""
+
+    alias: _Name | None = None
+    """Expose the tool under this name (namespaced as usual); its own name is no longer exposed."""
+    description: _Text | None = None
+    """The description listed instead of the backend's."""
+    hide: bool = False
+    """Neither list the tool nor route calls to it."""
+    inject: dict[_Text, Any] = {}
+    """Arguments forced to these values on every call (whatever the client sent), and removed
+    from the listed input schema."""
+    defaults: dict[_Text, Any] = {}
+    """Argument values used when the client gives none."""
+
+
 class BackendConfig(_Table):
     """``[backends.NAME]``: one MCP server. Give ``url`` (HTTP) or ``command`` (stdio)."""
 
     url: str | None = None
     """Streamable HTTP endpoint of the server: ``http://HOST[:PORT]/PATH`` or ``https://...``
     (TLS, port 443 by default; the certificate and host name are verified)."""
+    urls: Annotated[list[str], Meta(min_length=1)] | None = None
+    """Replicas of one HTTP server, instead of ``url``: each call goes to the replica with the
+    fewest calls outstanding; a replica that refuses or fails is ejected for ``eject_for``
+    seconds and its calls go to the others; a per-client upstream session stays on its replica."""
+    eject_for: _Seconds = 30.0
+    """Seconds a failed replica is left out of the balancing."""
     headers: dict[Annotated[str, Meta(pattern=_HEADER_NAME)], _HeaderValue] = {}
     """Static headers sent to an HTTP backend (never the client's credentials)."""
     bearer_token: _HeaderValue | None = None
@@ -241,6 +311,32 @@ class BackendConfig(_Table):
     """Seconds a request may take; defaults to ``[gateway] request_timeout``."""
     pool_size: _Count = 64
     """Most keep-alive connections to an HTTP backend."""
+    max_concurrency: _Count | None = None
+    """Most calls in flight to this backend at once (all its replicas together); unset: no limit."""
+    max_queue: Annotated[int, Meta(ge=0)] = 0
+    """Calls that may wait for a free slot beyond ``max_concurrency`` (each no longer than its
+    deadline). A call beyond both is answered at once with 503 (-32054, ``overloaded``) and
+    ``Retry-After``."""
+    retries: Annotated[int, Meta(ge=0, le=10)] = 0
+    """Retries of a failed call (transport error, timeout, 5xx, a refused connection), only of
+    what is safe to repeat: ``resources/read``, ``prompts/get``, tools annotated ``readOnlyHint``
+    or ``idempotentHint``, and any call that never left the gateway. Retries are budgeted: at most
+    ``retry_ratio`` of the calls of the last 10 s, plus ``retry_floor``."""
+    retry_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    """The retry budget's share of recent calls (0.2: at most 20% extra load)."""
+    retry_floor: Annotated[int, Meta(ge=0)] = 3
+    """Retries always allowed per 10 s on top of ``retry_ratio`` (so a quiet backend can retry too)."""
+    breaker: BreakerConfig | None = None
+    """A circuit breaker (``[backends.NAME.breaker]``); unset: none."""
+    cache: CacheConfig | None = None
+    """A result cache (``[backends.NAME.cache]``); unset: nothing of this backend is cached."""
+    tools: dict[Annotated[str, Meta(min_length=1, pattern=_NO_NUL)], ToolShapeConfig] = {}
+    """Per tool (the backend's own name): alias, description, hide, inject, defaults."""
+    hide_destructive: bool = False
+    """Hide every tool the backend annotates ``destructiveHint: true`` (or leaves unannotated
+    with ``readOnlyHint`` false or absent: the MCP default for ``destructiveHint`` is true)."""
+    read_only: bool = False
+    """Expose only the tools the backend annotates ``readOnlyHint: true``."""
     restart_initial_delay: _Seconds = 0.5
     """First delay before restarting a dead stdio process (doubles each time)."""
     restart_max_delay: _Seconds = 30.0
@@ -272,7 +368,14 @@ class BackendConfig(_Table):
     @property
     def transport(self) -> Literal["http", "stdio"]:
         """``http`` when ``url`` is set, else ``stdio``."""
-        return "http" if self.url else "stdio"
+        return "http" if self.url or self.urls else "stdio"
+
+    @property
+    def url_list(self) -> list[str]:
+        """The HTTP endpoints: ``urls``, or ``[url]``; empty for a stdio backend."""
+        if self.urls:
+            return list(self.urls)
+        return [self.url] if self.url else []
 
     @property
     def root_list(self) -> list[dict[str, str]] | None:
@@ -392,6 +495,41 @@ class RbacConfig(_Table):
         return "deny" if self.rules else "allow"
 
 
+class LimitConfig(_Table):
+    """``[[limits]]``: a token bucket per key over routed calls (``tools/call``, ``resources/read``,
+    ``prompts/get``; never ``initialize``, lists, notifications or pings). A call takes one token
+    of ``rate`` (and its request bytes of ``bytes_rate``); the answer's bytes are debited when it
+    has passed. A call without a token is refused 429 (-32053, ``Retry-After``, ``RateLimit`` and
+    ``RateLimit-Policy`` headers, ``data.retryAfterMs``) and never reaches a backend. Counted per
+    worker process: with ``--workers N`` each worker keeps its own buckets."""
+
+    name: Annotated[str, Meta(min_length=1, pattern=_HEADER_VALUE)]
+    """Named in refusals (``RateLimit-Policy``) and logs; unique."""
+    key: list[Literal["principal", "tool", "backend", "client_ip"]] = []
+    """What gets its own bucket: any of ``principal`` (the caller), ``tool`` (the exposed name),
+    ``backend``, ``client_ip``; ``[]``: one bucket for everyone."""
+    tools: list[_Glob] = msgspec.field(default_factory=lambda: ["*"])
+    """Globs over exposed tool and prompt names and resource URIs the limit applies to."""
+    rate: Annotated[float, Meta(gt=0)] | None = None
+    """Calls per second, refilled continuously."""
+    burst: Annotated[float, Meta(ge=1)] | None = None
+    """Calls allowed at once (the bucket's size); default: ``max(rate, 1)``."""
+    bytes_rate: Annotated[float, Meta(gt=0)] | None = None
+    """Bytes per second, request plus response."""
+    bytes_burst: Annotated[float, Meta(ge=1)] | None = None
+    """Bytes allowed at once; default: ``max(bytes_rate, 1)``."""
+
+    @property
+    def calls_burst(self) -> float:
+        """``burst``, or its default."""
+        return self.burst if self.burst is not None else max(self.rate or 1.0, 1.0)
+
+    @property
+    def bytes_capacity(self) -> float:
+        """``bytes_burst``, or its default."""
+        return self.bytes_burst if self.bytes_burst is not None else max(self.bytes_rate or 1.0, 1.0)
+
+
 class Config(_Table):
     """The whole file."""
 
@@ -405,6 +543,8 @@ class Config(_Table):
     """Authentication; unset: no authentication (fine on loopback only)."""
     rbac: RbacConfig | None = None
     """Authorization rules; unset: every authenticated caller may call everything."""
+    limits: list[LimitConfig] = []
+    """Rate limits (``[[limits]]``), each applied to every call it matches."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -418,7 +558,7 @@ import shutil  # noqa: E402
 import tomllib  # noqa: E402
 import types  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
-from typing import Any, Union, get_args, get_origin  # noqa: E402
+from typing import Union, get_args, get_origin  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 __all__ += ["describe", "load_config", "load_config_text", "stdio_problem", "url_problem"]
@@ -900,6 +1040,7 @@ def _validate(config: Config, where: _Where) -> None:
     """What the types cannot say: one of url/command, URLs, options of the other transport,
     headers the gateway writes itself, unique namespaces, passthrough's single backend."""
     _validate_auth(config, where)
+    _validate_limits(config, where)
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
     if config.gateway.passthrough and len(enabled) != 1:
         raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
@@ -920,16 +1061,20 @@ def _validate(config: Config, where: _Where) -> None:
 
 
 def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Where) -> None:
-    if (backend.url is None) == (backend.command is None):
-        raise where.error(path, "give exactly one of 'url' (HTTP) or 'command' (stdio)")
-    if backend.url is not None:
-        problem = url_problem(backend.url)
-        if problem:
-            raise where.error((*path, "url"), problem)
+    given = [key for key in ("url", "urls", "command") if getattr(backend, key) is not None]
+    if len(given) != 1:
+        raise where.error(path, "give exactly one of 'url' or 'urls' (HTTP) or 'command' (stdio)")
+    if backend.command is None:
+        for i, url in enumerate(backend.url_list):
+            problem = url_problem(url)
+            if problem:
+                raise where.error((*path, "url") if backend.url is not None else (*path, "urls", i), problem)
+        if backend.urls is not None and len(set(backend.urls)) != len(backend.urls):
+            raise where.error((*path, "urls"), "lists a replica twice")
         for key in ("args", "env", "cwd"):
             if getattr(backend, key):
                 raise where.error((*path, key), "is for stdio backends ('command'); this one has 'url'")
-        if not backend.url.lower().startswith("https://"):
+        if not any(url.lower().startswith("https://") for url in backend.url_list):
             for key, set_ in (("ca_file", backend.ca_file is not None), ("tls_verify", not backend.tls_verify)):
                 if set_:
                     raise where.error((*path, key), "is for https:// backends; this one's url is plain http://")
@@ -944,11 +1089,53 @@ def _validate_backend(path: tuple[str, str], backend: BackendConfig, where: _Whe
                 raise where.error((*path, key), "is for HTTP backends ('url'); this one has 'command'")
         if not backend.tls_verify:
             raise where.error((*path, "tls_verify"), "is for HTTP backends ('url'); this one has 'command'")
+    _validate_traffic(path, backend, where)
     if backend.restart_initial_delay > backend.restart_max_delay:
         raise where.error(
             (*path, "restart_initial_delay"),
             f"must not exceed restart_max_delay ({backend.restart_max_delay:g})",
         )
+
+
+def _validate_traffic(path: tuple[str, str], backend: BackendConfig, where: _Where) -> None:
+    """Queue, replicas and tool shaping: what the types cannot say."""
+    if backend.max_queue and backend.max_concurrency is None:
+        raise where.error((*path, "max_queue"), "needs 'max_concurrency' (a queue waits for a free slot)")
+    if backend.urls is None and backend.eject_for != 30.0:  # the default: set only with replicas
+        raise where.error((*path, "eject_for"), "is for HTTP backends with replicas ('urls')")
+    aliases: dict[str, str] = {}
+    for tool, shape in backend.tools.items():
+        tpath = (*path, "tools", tool)
+        if shape.hide and (shape.alias or shape.description or shape.inject or shape.defaults):
+            raise where.error((*tpath, "hide"), "a hidden tool takes no alias, description, inject or defaults")
+        both = sorted(set(shape.inject) & set(shape.defaults))
+        if both:
+            raise where.error((*tpath, "defaults", both[0]), "is also in 'inject' (an injected value always wins)")
+        if shape.alias is not None:
+            if shape.alias in aliases:
+                raise where.error((*tpath, "alias"), f"{shape.alias!r} is also the alias of tool {aliases[shape.alias]!r}")
+            other = backend.tools.get(shape.alias)
+            if shape.alias != tool and other is not None and other.alias is None and not other.hide:
+                raise where.error((*tpath, "alias"), f"{shape.alias!r} is the name of another tool of this backend")
+            aliases[shape.alias] = tool
+
+
+def _validate_limits(config: Config, where: _Where) -> None:
+    """``[[limits]]``: unique names, a rate for each, no key twice."""
+    names: dict[str, int] = {}
+    for i, limit in enumerate(config.limits):
+        lpath = ("limits", i)
+        if limit.name in names:
+            raise where.error((*lpath, "name"), f"{limit.name!r} is also the name of limit {names[limit.name]}")
+        names[limit.name] = i
+        if limit.rate is None and limit.bytes_rate is None:
+            raise where.error(lpath, "give 'rate' (calls per second) or 'bytes_rate' (bytes per second), or both")
+        if limit.burst is not None and limit.rate is None:
+            raise where.error((*lpath, "burst"), "needs 'rate'")
+        if limit.bytes_burst is not None and limit.bytes_rate is None:
+            raise where.error((*lpath, "bytes_burst"), "needs 'bytes_rate'")
+        if len(set(limit.key)) != len(limit.key):
+            raise where.error((*lpath, "key"), "names a part twice")
 
 
 # Header names an identity header may not take: what the gateway writes itself, the credential,
@@ -972,7 +1159,7 @@ def _validate_credential(path: tuple[str, str], backend: BackendConfig, config: 
     URL that keeps the client secret off the network in clear, what token exchange needs."""
     credential = backend.credential
     for key, set_ in (("credential", credential is not None), ("identity_headers", bool(backend.identity_headers))):
-        if set_ and backend.url is None:
+        if set_ and backend.command is not None:
             raise where.error((*path, key), "is for HTTP backends ('url'); this one has 'command'")
     if credential is not None:
         cpath = (*path, "credential")

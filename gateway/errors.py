@@ -20,6 +20,7 @@ The tree::
     ├── RateLimited         -32053    429  a limit was hit
     ├── BackendUnavailable  -32054    503  backend down, restarting or its circuit open
     ├── RequestTooLarge     -32055    413  body above the configured limit
+    ├── CircuitOpen         -32056    503  the backend's circuit breaker is open
     ├── ResourceNotFound    -32002    200  unknown resource URI (handshake era)
     ├── HeaderMismatch      -32020    400  stateless era: routing header vs body
     ├── MissingClientCapability -32021 400 stateless era: capability not declared
@@ -42,6 +43,7 @@ __all__ = [
     "REGISTRY",
     "BackendTimeout",
     "BackendUnavailable",
+    "CircuitOpen",
     "Forbidden",
     "GatewayError",
     "HeaderMismatch",
@@ -201,6 +203,15 @@ class BackendUnavailable(GatewayError):
     code = -32054
     http_status = 503
     default_reason = "backend_unavailable"
+
+
+class CircuitOpen(GatewayError):
+    """The backend's circuit breaker is open: answered at once, nothing sent upstream
+    (``Retry-After`` says when the breaker lets a probe through)."""
+
+    code = -32056
+    http_status = 503
+    default_reason = "circuit_open"
 
 
 class RequestTooLarge(GatewayError):
