@@ -751,6 +751,7 @@ class _Where:
     def _scan_toml(self, text: str) -> None:
         table: tuple[str, ...] = ()
         closing: str | None = None  # the delimiter of a multi-line string we are inside
+        arrays: dict[tuple[str, ...], int] = {}  # [[array.of.tables]] -> how many seen so far
         for number, line in enumerate(text.splitlines(), 1):
             if closing is not None:
                 if line.count(closing) % 2:
@@ -759,6 +760,10 @@ class _Where:
             header = _TOML_HEADER.match(line)
             if header:
                 table = _toml_keys(header.group(1))
+                if line.lstrip().startswith("[["):  # the next element: its index is part of the path
+                    index = arrays.get(table, 0)
+                    arrays[table] = index + 1
+                    table = (*table, str(index))
                 self._record(table, number)
                 continue
             assign = _TOML_ASSIGN.match(line)
@@ -796,7 +801,7 @@ class _Where:
     def line(self, path: Sequence[str | int]) -> int:
         """The line of ``path`` or, when it is not written out (a default, an inline table's key),
         of its closest enclosing key; 0 when none is found."""
-        keys = tuple(str(p) for p in path if isinstance(p, str))
+        keys = tuple(str(p) for p in path)
         if self.fmt == "json" and keys[:1] == ("backends",):
             keys = ("mcpServers", *keys[1:])
         while keys:
@@ -1227,9 +1232,17 @@ def describe(config: Config) -> str:
         f"page size {g.page_size}, request timeout {g.request_timeout:g} s",
         f"backends: {len(config.backends)}",
     ]
+    for limit in config.limits:
+        rates = []
+        if limit.rate is not None:
+            rates.append(f"{limit.rate:g}/s burst {limit.calls_burst:g}")
+        if limit.bytes_rate is not None:
+            rates.append(f"{limit.bytes_rate:g} B/s burst {limit.bytes_capacity:g} B")
+        per = ", ".join(limit.key) if limit.key else "everyone together"
+        lines.insert(-1, f"limit {limit.name!r}: {' and '.join(rates)} per {per}, tools {', '.join(limit.tools)}")
     for name, b in config.backends.items():
-        if b.url:
-            target = b.url
+        if b.command is None:
+            target = " ".join(b.url_list)
             extras = [f"{k}: ***" for k in b.headers] + (["bearer token ***"] if b.bearer_token else [])
             c = b.credential
             if c is not None:
@@ -1251,4 +1264,38 @@ def describe(config: Config) -> str:
         if roots is not None:
             state = f", roots [{', '.join(r['uri'] for r in roots)}]" + state
         lines.append(f"  {name}: {b.transport} {target}, namespace {b.namespace or name!r}, session {b.session}{state}")
+        traffic = _describe_traffic(b)
+        if traffic:
+            lines.append(f"    {traffic}")
     return "\n".join(lines)
+
+
+def _describe_traffic(b: BackendConfig) -> str:
+    """One line of a backend's traffic options (replicas, concurrency, retries, breaker, cache, shaping)."""
+    parts = []
+    if b.urls:
+        parts.append(f"{len(b.urls)} replicas (ejected for {b.eject_for:g} s)")
+    if b.max_concurrency is not None:
+        parts.append(f"max {b.max_concurrency} in flight, {b.max_queue} queued")
+    if b.retries:
+        parts.append(f"{b.retries} retries (budget {b.retry_ratio:.0%} + {b.retry_floor} per 10 s)")
+    if b.breaker is not None:
+        k = b.breaker
+        parts.append(
+            f"breaker at {k.failure_ratio:.0%} of >= {k.min_calls} calls in {k.window:g} s, open {k.open_for:g} s"
+        )
+    if b.cache is not None:
+        c = b.cache
+        what = ", ".join(c.tools) + (" + readOnlyHint tools" if c.read_only else "")
+        parts.append(f"cache {what or 'nothing'} for {c.ttl:g} s per {c.scope}")
+    shaped = [f"{t} as {s.alias}" if s.alias else t for t, s in b.tools.items() if not s.hide]
+    hidden = [t for t, s in b.tools.items() if s.hide]
+    if shaped:
+        parts.append("shaped " + ", ".join(shaped))
+    if hidden:
+        parts.append("hidden " + ", ".join(hidden))
+    if b.hide_destructive:
+        parts.append("destructive tools hidden")
+    if b.read_only:
+        parts.append("read-only tools only")
+    return "; ".join(parts)

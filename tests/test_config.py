@@ -342,3 +342,104 @@ def test_a_missing_jwks_file_is_one_line_from_check_and_from_serve(tmp_path: pat
     good.write_text(text.format(tmp_path / "jwks.json"))
     proc = run_cli("check", str(good))
     assert proc.returncode == 0, proc.stderr
+
+
+# -- traffic control (issue 16): the tables' interface and what the types cannot say ------------
+
+TRAFFIC = """
+[[limits]]
+name = "per-user"
+key = ["principal", "tool"]
+tools = ["docs__*"]
+rate = 5
+burst = 10
+bytes_rate = 100000
+
+[backends.docs]
+urls = ["http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp"]
+eject_for = 5
+max_concurrency = 8
+max_queue = 16
+retries = 2
+
+[backends.docs.breaker]
+min_calls = 5
+open_for = 2
+
+[backends.docs.cache]
+tools = ["get_*"]
+ttl = 30
+scope = "shared"
+
+[backends.docs.tools.search]
+alias = "find"
+inject = { max_results = 10 }
+defaults = { lang = "en" }
+"""
+
+
+def test_traffic_tables_load() -> None:
+    config = load(TRAFFIC)
+    limit = config.limits[0]
+    assert (limit.name, limit.key, limit.tools, limit.rate, limit.calls_burst) == ("per-user", ["principal", "tool"], ["docs__*"], 5.0, 10.0)
+    assert limit.bytes_capacity == 100000.0
+    docs = config.backends["docs"]
+    assert docs.transport == "http" and docs.url_list == ["http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp"]
+    assert (docs.max_concurrency, docs.max_queue, docs.retries, docs.eject_for) == (8, 16, 2, 5.0)
+    assert docs.breaker is not None and (docs.breaker.min_calls, docs.breaker.open_for, docs.breaker.failure_ratio) == (5, 2.0, 0.5)
+    assert docs.cache is not None and (docs.cache.tools, docs.cache.ttl, docs.cache.scope) == (["get_*"], 30.0, "shared")
+    shape = docs.tools["search"]
+    assert (shape.alias, shape.inject, shape.defaults) == ("find", {"max_results": 10}, {"lang": "en"})
+
+
+def test_traffic_defaults() -> None:
+    config = load('[[limits]]\nname = "x"\nrate = 0.5\n[backends.a]\nurl = "http://h:1/mcp"\n')
+    assert config.limits[0].key == [] and config.limits[0].tools == ["*"] and config.limits[0].calls_burst == 1.0
+    a = config.backends["a"]
+    assert a.max_concurrency is None and a.retries == 0 and a.breaker is None and a.cache is None and a.tools == {}
+    assert a.url_list == ["http://h:1/mcp"] and load('[backends.a]\ncommand = "x"\n').backends["a"].url_list == []
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[[limits]]\nname = "x"\n', "g.toml:1: 'limits[0]': give 'rate'"),
+        ('[[limits]]\nname = "x"\nrate = 1\n[[limits]]\nname = "x"\nrate = 2\n', "g.toml:5: 'limits[1].name': 'x' is also the name of limit 0"),
+        ('[[limits]]\nname = "x"\nbytes_rate = 1\nburst = 3\n', "'limits[0].burst': needs 'rate'"),
+        ('[[limits]]\nname = "x"\nrate = 1\nbytes_burst = 3\n', "'limits[0].bytes_burst': needs 'bytes_rate'"),
+        ('[[limits]]\nname = "x"\nrate = 1\nkey = ["tool", "tool"]\n', "'limits[0].key': names a part twice"),
+        ('[[limits]]\nname = "x"\nrate = 1\nkey = ["user"]\n', "'limits[0].key[0]'"),
+        ('[[limits]]\nname = "x"\nrate = 0\n', "'limits[0].rate'"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\nurls = ["http://h:2/mcp"]\n', "give exactly one of 'url' or 'urls'"),
+        ('[backends.a]\nurls = []\n', "'backends.a.urls'"),
+        ('[backends.a]\nurls = ["http://h:1/mcp", "htp://h:2/mcp"]\n', "'backends.a.urls[1]'"),
+        ('[backends.a]\nurls = ["http://h:1/mcp", "http://h:1/mcp"]\n', "lists a replica twice"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\neject_for = 3\n', "'backends.a.eject_for': is for HTTP backends with replicas"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\nmax_queue = 3\n', "'backends.a.max_queue': needs 'max_concurrency'"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\nretries = 11\n', "'backends.a.retries'"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\n[backends.a.breaker]\nfailure_ratio = 1.5\n', "'backends.a.breaker.failure_ratio'"),
+        ('[backends.a]\nurl = "http://h:1/mcp"\n[backends.a.cache]\nscope = "global"\n', "'backends.a.cache.scope'"),
+        ('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\nhide = true\nalias = "u"\n', "'backends.a.tools.t.hide': a hidden tool takes no alias"),
+        ('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\ninject = { k = 1 }\ndefaults = { k = 2 }\n', "'backends.a.tools.t.defaults.k': is also in 'inject'"),
+        ('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\nalias = "u"\n[backends.a.tools.v]\nalias = "u"\n', "'u' is also the alias of tool 't'"),
+        ('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\nalias = "u"\n[backends.a.tools.u]\ndescription = "d"\n', "'u' is the name of another tool"),
+        ('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\nalias = "has space"\n', "'backends.a.tools.t.alias'"),
+    ],
+)
+def test_traffic_errors(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    assert fragment in str(info.value)
+
+
+def test_aliases_may_swap_names() -> None:
+    config = load('[backends.a]\ncommand = "x"\n[backends.a.tools.t]\nalias = "u"\n[backends.a.tools.u]\nalias = "t"\n')
+    assert config.backends["a"].tools["t"].alias == "u"
+
+
+def test_describe_tells_traffic_options() -> None:
+    text = describe(load(TRAFFIC))
+    assert "limit 'per-user': 5/s burst 10 and 100000 B/s burst 100000 B per principal, tool, tools docs__*" in text
+    assert "docs: http http://127.0.0.1:9001/mcp http://127.0.0.1:9002/mcp," in text
+    assert "2 replicas (ejected for 5 s); max 8 in flight, 16 queued; 2 retries" in text
+    assert "breaker at 50% of >= 5 calls in 10 s, open 2 s; cache get_* for 30 s per shared; shaped search as find" in text
