@@ -11,6 +11,8 @@ instructions per request and the gateway/floor ratio::
     python -m benchmarks.instructions --scenarios call --requests 5000 --concurrency 16
     python -m benchmarks.instructions --scenarios call,call_rbac --targets gateway   # what 20 [rbac] rules cost
     python -m benchmarks.instructions --scenarios call,call_auth --targets gateway   # a JWT and 20 rules
+    python -m benchmarks.instructions --scenarios call,call_limited --targets gateway   # a [[limits]] that never refuses
+    python -m benchmarks.instructions --scenarios call,call_cached  # every call a cache hit, against the floor proxy's forwarding
     python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
 
 Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
@@ -36,7 +38,12 @@ from typing import Any
 from benchmarks.auth_setup import auth_setup, rbac_rules
 from benchmarks.run import ROOT, Child, body_for, output_folder
 
-SCENARIOS = ("call", "call_stateless", "call_rbac", "call_auth")
+SCENARIOS = ("call", "call_stateless", "call_rbac", "call_auth", "call_limited", "call_cached")
+# call_limited: one bucket per caller and tool that never runs dry, so every call pays a take.
+LIMIT_NEVER_REFUSING = '[[limits]]\nname = "bench"\nkey = ["principal", "tool"]\nrate = 1e9\nburst = 1e9\n'
+# call_cached: the call scenario with the backend's tool cached, so every call after the first is a hit
+# (answered in admission, in the express lane); the floor proxy still forwards each one.
+CACHE_ECHO = '[backends.floor.cache]\ntools = ["echo"]\nttl = 3600\n'
 
 
 def _loadgen(
@@ -110,6 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 headers: tuple[str, ...] = ()
                 if scenario == "call_rbac":  # the call scenario, through 20 RBAC rules
                     config.write_text(config.read_text() + rbac_rules())
+                elif scenario == "call_limited":  # the call scenario, through a limit that never refuses
+                    config.write_text(config.read_text() + LIMIT_NEVER_REFUSING)
+                elif scenario == "call_cached":  # the call scenario, every call a cache hit
+                    config.write_text(config.read_text() + CACHE_ECHO)
                 elif scenario == "call_auth":  # a JWT (verified once, then remembered) and 20 RBAC rules
                     text, authorization = auth_setup(workdir)
                     config.write_text(config.read_text() + text)

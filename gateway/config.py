@@ -552,6 +552,7 @@ class Config(_Table):
 import difflib  # noqa: E402 - the loader's own imports, kept next to it
 import ipaddress  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -1049,6 +1050,20 @@ def _validate(config: Config, where: _Where) -> None:
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
     if config.gateway.passthrough and len(enabled) != 1:
         raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
+    if config.gateway.passthrough:
+        # Passthrough sends a name the catalog does not list to the backend as it is: a hidden or
+        # aliased-away tool would still be reachable by its own name.
+        for name, backend in enabled.items():
+            for key, set_ in (("hide_destructive", backend.hide_destructive), ("read_only", backend.read_only)):
+                if set_:
+                    raise where.error(("backends", name, key), "cannot hide tools under [gateway] passthrough (unlisted names reach the backend)")
+            for tool, shape in backend.tools.items():
+                for key, set_ in (("hide", shape.hide), ("alias", shape.alias is not None)):
+                    if set_:
+                        raise where.error(
+                            ("backends", name, "tools", tool, key),
+                            "cannot hide or rename a tool under [gateway] passthrough (unlisted names reach the backend)",
+                        )
     namespaces: dict[str, str] = {}
     for name, backend in config.backends.items():
         _validate_backend(("backends", name), backend, where)
@@ -1141,6 +1156,10 @@ def _validate_limits(config: Config, where: _Where) -> None:
             raise where.error((*lpath, "bytes_burst"), "needs 'bytes_rate'")
         if len(set(limit.key)) != len(limit.key):
             raise where.error((*lpath, "key"), "names a part twice")
+        for field in ("rate", "burst", "bytes_rate", "bytes_burst"):
+            value = getattr(limit, field)
+            if value is not None and not math.isfinite(value):
+                raise where.error((*lpath, field), "must be a finite number (leave out a limit that never refuses)")
 
 
 # Header names an identity header may not take: what the gateway writes itself, the credential,

@@ -410,6 +410,7 @@ def test_traffic_defaults() -> None:
         ('[[limits]]\nname = "x"\nrate = 1\nkey = ["tool", "tool"]\n', "'limits[0].key': names a part twice"),
         ('[[limits]]\nname = "x"\nrate = 1\nkey = ["user"]\n', "'limits[0].key[0]'"),
         ('[[limits]]\nname = "x"\nrate = 0\n', "'limits[0].rate'"),
+        ('[[limits]]\nname = "x"\nrate = inf\n', "'limits[0].rate': must be a finite number"),
         ('[backends.a]\nurl = "http://h:1/mcp"\nurls = ["http://h:2/mcp"]\n', "give exactly one of 'url' or 'urls'"),
         ('[backends.a]\nurls = []\n', "'backends.a.urls'"),
         ('[backends.a]\nurls = ["http://h:1/mcp", "htp://h:2/mcp"]\n', "'backends.a.urls[1]'"),

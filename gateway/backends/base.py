@@ -15,7 +15,10 @@ Session policy (``BackendConfig.session``):
 Failures are exceptions from ``gateway.errors``: ``BackendUnavailable`` (down,
 restarting, connection refused, process died with the request in flight) and
 ``BackendTimeout``. A JSON-RPC error that the backend itself answered is not an
-exception: it comes back as a ``Message`` with ``error`` set, unchanged.
+exception: it comes back as a ``Message`` with ``error`` set, unchanged. The
+error of a request that never left the gateway (a refused connection) is marked
+``faults.not_sent``, so the layers in front of a backend (``replicas``,
+``guarded``) know it may be sent again.
 """
 
 from __future__ import annotations
@@ -137,6 +140,15 @@ class BackendCall:
         self.ticket = ticket
         self.capabilities = capabilities
         self.principal = principal
+
+    def replace(self, **changes: Any) -> BackendCall:
+        """A copy with ``changes`` (field name -> value): how a layer in front of a backend sends
+        a call with something changed (the guard's remaining deadline, the replica set's sink),
+        since a call object is only ever read."""
+        copy = BackendCall.__new__(BackendCall)
+        for field in BackendCall.__slots__:
+            setattr(copy, field, changes[field] if field in changes else getattr(self, field))
+        return copy
 
     def __repr__(self) -> str:
         return f"BackendCall({self.method!r}, era={self.era!r}, session_key={self.session_key!r})"

@@ -11,6 +11,10 @@ list request costs one dict lookup and a slice.
 Order is deterministic: backends sorted by name, each backend's items in the
 order the backend gave them. A backend that is down or fails to list is left
 out of the aggregate (and logged); the others are unaffected.
+
+Each backend's tools pass its ``ToolShaping`` (``gateway.catalog.shaping``: hidden
+tools, aliases, descriptions, shaped schemas) at every rebuild, and the pages and
+the routing table are both made from what it answers.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gateway.backends.base import Backend, BackendCall, BackendState
 from gateway.errors import GatewayError, InvalidParams
 from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, encode
 from gateway.catalog.names import expose_name
+from gateway.catalog.shaping import Shaped, ToolShaping
 from gateway.protocol.stateless import x_mcp_headers
 
 __all__ = ["LIST_METHODS", "NO_HINT", "Catalog", "CatalogSnapshot", "Hint", "hint_of", "merge_hints"]
@@ -49,6 +54,7 @@ CHANGE_NOTIFICATIONS: dict[str, tuple[str, ...]] = {
     "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
 }
 
+_UNSET: Any = object()
 _MAX_BACKEND_PAGES = 100  # a backend that paginates forever is cut off here
 _CURSOR_PREFIX = b"gw1:"
 
@@ -103,7 +109,10 @@ class CatalogSnapshot:
     ``resultType``/``ttlMs``/``cacheScope`` for the stateless era.
     """
 
-    __slots__ = ("router", "items", "_pages", "_stateless_pages", "page_size", "generation", "hints", "_annotations")
+    __slots__ = (
+        "router", "items", "_pages", "_stateless_pages", "page_size", "generation", "hints", "upstream",
+        "_annotations", "_upstream_annotations",
+    )
 
     def __init__(
         self,
@@ -112,13 +121,18 @@ class CatalogSnapshot:
         page_size: int,
         generation: int,
         hints: dict[str, Hint] | None = None,
+        upstream: dict[str, tuple[Any, frozenset[str]]] | None = None,
     ) -> None:
         self.router = router
         self.items = items
         self.page_size = page_size
         self.generation = generation
         self.hints = hints or {}
+        self.upstream = upstream or {}
+        """Exposed tool name -> (the backend's own ``inputSchema``, the arguments the gateway fills),
+        for the tools whose listed schema was shaped (``inject``, ``defaults``)."""
         self._annotations: dict[str, Any] | None = None
+        self._upstream_annotations: dict[str, Any] = {}
         self._pages = {method: self._encode_pages(method, page_size, None) for method in LIST_METHODS}
         self._stateless_pages = {
             method: self._encode_pages(method, page_size, self.hints.get(method, NO_HINT)) for method in LIST_METHODS
@@ -128,12 +142,30 @@ class CatalogSnapshot:
         return _encode_pages(LIST_METHODS[method][0], self.items.get(method, []), page_size, hint)
 
     def header_annotations(self, tool: str) -> list[tuple[tuple[str, ...], str, str]] | None:
-        """The ``x-mcp-header`` annotations of an exposed tool's input schema (built once per snapshot)."""
+        """The ``x-mcp-header`` annotations of an exposed tool's listed input schema (built once per
+        snapshot): what a client mirrors in its ``Mcp-Param-*`` headers. The arguments the gateway
+        fills (``inject``, ``defaults``) are left out: the client did not send them, and the
+        arguments it is checked against are the ones admission rewrote."""
         if self._annotations is None:
-            self._annotations = {
-                str(t.get("name")): x_mcp_headers(t.get("inputSchema")) for t in self.items.get("tools/list", ())
-            }
+            found = {str(t.get("name")): x_mcp_headers(t.get("inputSchema")) for t in self.items.get("tools/list", ())}
+            for name, (_, filled) in self.upstream.items():
+                own = found.get(name)
+                if own:
+                    found[name] = [a for a in own if a[0][0] not in filled]
+            self._annotations = found
         return self._annotations.get(tool)
+
+    def upstream_header_annotations(self, tool: str) -> list[tuple[tuple[str, ...], str, str]] | None:
+        """The ``x-mcp-header`` annotations of the backend's own input schema of an exposed tool:
+        what the ``Mcp-Param-*`` headers toward a stateless backend mirror (the filled arguments
+        included). The same as ``header_annotations`` for a tool whose schema is not shaped."""
+        shaped = self.upstream.get(tool)
+        if shaped is None:
+            return self.header_annotations(tool)
+        found = self._upstream_annotations.get(tool, _UNSET)
+        if found is _UNSET:
+            found = self._upstream_annotations[tool] = x_mcp_headers(shaped[0])
+        return found
 
     def page(self, method: str, cursor: str | None, stateless: bool = False) -> bytes:
         """The encoded result of ``method`` for ``cursor`` (None: the first page)."""
@@ -203,12 +235,19 @@ class Catalog:
         self.page_size = page_size
         self.list_timeout = list_timeout
         self.on_change = on_change
+        # Called with a backend's name after its lists were fetched again (its list_changed, a
+        # change of its state) and, from the front, on its resources/updated: what was learnt
+        # from it may be stale (the result cache, gateway.policy.cache, drops its entries).
+        self.on_backend_change: list[Callable[[str], None]] = []
         # backend name -> list method -> that backend's own items (unprefixed)
         self._fetched: dict[str, dict[str, list[dict[str, Any]]]] = {}
         # backend name -> list method -> the cache hint its first page carried
         self._hints: dict[str, dict[str, Hint]] = {}
         self._lock = asyncio.Lock()
         self._generation = 0
+        # backend name -> the shaping of its tool list, compiled once from its config
+        self._shaping = {name: ToolShaping(name, b.config) for name, b in backends.items()}
+        # (Under passthrough the config refuses hiding and aliases: unlisted names reach the backend.)
         self.snapshot = self._build()
 
     async def refresh(self, names: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> None:
@@ -220,6 +259,9 @@ class Catalog:
             old = self.snapshot
             self.snapshot = self._build()
             changed = {m for m in LIST_METHODS if old.items.get(m) != self.snapshot.items.get(m)}
+        for hook in self.on_backend_change:
+            for name in names:
+                hook(name)
         if changed and self.on_change is not None:
             self.on_change(changed)
 
@@ -273,6 +315,7 @@ class Catalog:
             return self._build_passthrough(order[0] if order else None)
         router = Router()
         items: dict[str, list[dict[str, Any]]] = {m: [] for m in LIST_METHODS}
+        upstream: dict[str, tuple[Any, frozenset[str]]] = {}
         taken_tools: set[str] = set()
         taken_prompts: set[str] = set()
         for name in order:
@@ -285,10 +328,12 @@ class Catalog:
                 # BackendUnavailable) but nothing of it is listed until it is back.
                 self._route_only(router, backend, namespace, fetched, taken_tools, taken_prompts)
                 continue
-            for tool in fetched.get("tools/list", ()):
-                exposed = expose_name(namespace, str(tool.get("name", "")), self.separator, taken_tools)
-                router.add_tool(exposed, backend, tool.get("name", ""))
-                items["tools/list"].append({**tool, "name": exposed})
+            for shaped in self._shaped_tools(name, fetched):
+                exposed = expose_name(namespace, shaped.name, self.separator, taken_tools)
+                router.add_tool(exposed, backend, shaped.original)
+                items["tools/list"].append({**shaped.item, "name": exposed})
+                if shaped.upstream_schema is not None or shaped.filled:
+                    upstream[exposed] = (shaped.upstream_schema, shaped.filled)
             for prompt in fetched.get("prompts/list", ()):
                 exposed = expose_name(namespace, str(prompt.get("name", "")), self.separator, taken_prompts)
                 router.add_prompt(exposed, backend, prompt.get("name", ""))
@@ -298,7 +343,11 @@ class Catalog:
             for tpl in fetched.get("resources/templates/list", ()):
                 uri_template = prefix_uri(namespace, str(tpl.get("uriTemplate", "")))
                 items["resources/templates/list"].append({**tpl, "uriTemplate": uri_template})
-        return CatalogSnapshot(router, items, self.page_size, self._generation, self._merged_hints(order))
+        return CatalogSnapshot(router, items, self.page_size, self._generation, self._merged_hints(order), upstream)
+
+    def _shaped_tools(self, name: str, fetched: dict[str, list[dict[str, Any]]]) -> list[Shaped]:
+        """Backend ``name``'s fetched tools as its shaping exposes them."""
+        return self._shaping[name].shape(fetched.get("tools/list", ()))
 
     def _merged_hints(self, names: list[str]) -> dict[str, Hint]:
         """Per list method, the hint of the aggregate over the backends that are listed."""
@@ -318,9 +367,8 @@ class Catalog:
         taken_tools: set[str],
         taken_prompts: set[str],
     ) -> None:
-        for tool in fetched.get("tools/list", ()):
-            name = str(tool.get("name", ""))
-            router.add_tool(expose_name(namespace, name, self.separator, taken_tools), backend, name)
+        for shaped in self._shaped_tools(backend.name, fetched):
+            router.add_tool(expose_name(namespace, shaped.name, self.separator, taken_tools), backend, shaped.original)
         for prompt in fetched.get("prompts/list", ()):
             name = str(prompt.get("name", ""))
             router.add_prompt(expose_name(namespace, name, self.separator, taken_prompts), backend, name)
@@ -329,13 +377,23 @@ class Catalog:
         backend = self.backends[name] if name is not None else None
         router = Router(passthrough=backend)
         fetched = self._fetched.get(name, {}) if name is not None else {}
-        for kind, add in (("tools/list", router.add_tool), ("prompts/list", router.add_prompt)):
-            for item in fetched.get(kind, ()):
-                try:
-                    add(str(item.get("name", "")), backend, str(item.get("name", "")))
-                except ValueError:
-                    log.warning("backend %r lists %r twice; the first one wins", name, item.get("name"))
+        tools = self._shaped_tools(name, fetched) if name is not None else []
+        upstream: dict[str, tuple[Any, frozenset[str]]] = {}
+        for shaped in tools:
+            try:
+                router.add_tool(shaped.name, backend, shaped.original)
+            except ValueError:
+                log.warning("backend %r lists %r twice; the first one wins", name, shaped.name)
+            if shaped.upstream_schema is not None or shaped.filled:
+                upstream.setdefault(shaped.name, (shaped.upstream_schema, shaped.filled))
+        for item in fetched.get("prompts/list", ()):
+            try:
+                router.add_prompt(str(item.get("name", "")), backend, str(item.get("name", "")))
+            except ValueError:
+                log.warning("backend %r lists %r twice; the first one wins", name, item.get("name"))
         listed = backend is not None and backend.state is BackendState.READY
         items = {m: list(fetched.get(m, ())) if listed else [] for m in LIST_METHODS}
+        if listed:
+            items["tools/list"] = [{**shaped.item, "name": shaped.name} for shaped in tools]
         hints = self._merged_hints([name]) if name is not None else {}
-        return CatalogSnapshot(router, items, self.page_size, self._generation, hints)
+        return CatalogSnapshot(router, items, self.page_size, self._generation, hints, upstream)

@@ -57,13 +57,21 @@ from gateway.errors import (
 )
 from gateway.catalog.aggregate import LIST_METHODS, Catalog
 from gateway.front.express import ExpressLane
-from gateway.front.answers import JSON_HEADERS, SSE_HEADERS, STATELESS_STATUS, request_failed, send_error, sse_event
+from gateway.front.answers import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    STATELESS_STATUS,
+    request_failed,
+    send_error,
+    sse_event,
+    translate,
+)
 from gateway.front.forward import Forwarder
 from gateway.front.gate import HeaderGate, media_types
 from gateway.ops.health import health_body
 from gateway.front.streams import LEVELS, LIST_FLAGS, Listener, spawn
 from gateway.front.routing import Answered, Routing, params_raw, params_with
-from gateway.policy.admission import Admission
+from gateway.policy.admission import Admission, Pending
 from gateway.policy.identity import PENDING
 from gateway.protocol.initialize import InitializeParams, decode_initialize
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, decode_message, decode_params, encode, response_bytes
@@ -105,6 +113,18 @@ class _ListParams(msgspec.Struct):
 _decode_list = msgspec.json.Decoder(_ListParams).decode
 
 
+async def _settled(pending: Pending) -> tuple[Message | None, BaseException | None]:
+    """Wait for a coalesced call's share: ``(answer, error)`` as ``Pending.then`` gives it."""
+    future: asyncio.Future[tuple[Message | None, BaseException | None]] = asyncio.get_running_loop().create_future()
+
+    def settled(answer: Message | None, error: BaseException | None) -> None:
+        if not future.done():  # this request may have been cancelled meanwhile
+            future.set_result((answer, error))
+
+    pending.then(settled)
+    return await future
+
+
 class McpFront:
     """The application behind ``HttpProtocol``: the MCP endpoint (handshake era)."""
 
@@ -129,6 +149,7 @@ class McpFront:
         self._metadata_paths = authenticator.metadata_paths if authenticator is not None else frozenset()
         self.admission = admission if admission is not None else Admission()
         self.routing = Routing(catalog, self.admission, config.gateway.passthrough)
+        self.admission.attach(catalog)
         self.outcome = self.admission.outcome if self.admission.observes_outcomes else None
         """``Admission.outcome`` when the admission observes outcomes, else None (nothing to call)."""
         self.keepalive = config.server.sse_keepalive
@@ -250,7 +271,7 @@ class McpFront:
             await self._batch(request, reply, principal)
             return
         if self._is_stateless(msg, headers):
-            await self._stateless_post(msg, headers, reply, principal)
+            await self._stateless_post(msg, headers, reply, principal, request.client)
             return
         if msg.method == "initialize":
             self._check_version_header(headers, None)
@@ -260,6 +281,8 @@ class McpFront:
         self._check_version_header(headers, session)
         ctx = session.context
         ctx.principal = principal
+        client = request.client
+        ctx.client_ip = client[0] if client is not None else None  # per request, as the principal
         if msg.id is UNSET or msg.method is UNSET:
             self.accept_client_message(msg, ctx)
             reply.send(202, (), b"")
@@ -305,7 +328,9 @@ class McpFront:
             view[key] = decode_any(raw[key])
         return view, raw
 
-    async def _stateless_post(self, msg: Message, headers: dict[str, str], reply: Reply, principal: Any) -> None:
+    async def _stateless_post(
+        self, msg: Message, headers: dict[str, str], reply: Reply, principal: Any, client: tuple[str, int] | None = None
+    ) -> None:
         """One 2026-07-28 request: envelope and header checks, then the method."""
         if msg.method is UNSET or msg.id is UNSET:
             # Client notifications and responses have no meaning on this wire: acknowledged, dropped.
@@ -320,6 +345,7 @@ class McpFront:
             )
             ctx.params, ctx.meta = raw_params, view.get("_meta")
             ctx.principal = principal
+            ctx.client_ip = client[0] if client is not None else None
             handler = self._stateless_handlers.get(msg.method)
             if handler is None:
                 raise MethodNotFound(f"method not found: {msg.method}")
@@ -346,6 +372,7 @@ class McpFront:
             raise InvalidRequest("empty batch", reason="batch")
         ctx = session.context
         ctx.principal = principal
+        ctx.client_ip = request.client[0] if request.client is not None else None
         answers = await asyncio.gather(*(self._batch_item(bytes(item), ctx) for item in items))
         bodies = [a for a in answers if a is not None]
         if not bodies:
@@ -533,11 +560,12 @@ class McpFront:
     async def _routed(
         self, msg: Message, ctx: RequestContext, reply: Reply | None, key: str = "name", kind: str = "tool"
     ) -> bytes | None:
-        """Route by ``params[key]`` and admit (``Routing.route``), then forward."""
+        """Route by ``params[key]`` and admit (``Routing.route_noted``), then forward."""
         params, value = params_with(msg, key, ctx)
         local: Answered | None = None
+        note: Any = None
         try:
-            route = self.routing.route(ctx, msg.method, kind, value, params)  # type: ignore[arg-type]
+            route, note = self.routing.route_noted(ctx, msg.method, kind, value, params)  # type: ignore[arg-type]
         except Answered as answered:
             local = answered
         if ctx.era == "stateless" and kind == "tool":
@@ -546,10 +574,55 @@ class McpFront:
             annotations = self.catalog.snapshot.header_annotations(value)
             if annotations:  # the arguments are decoded only for tools that declare Mcp-Param headers
                 arguments = decode_any(params["arguments"]) if "arguments" in params else None
-                check_param_headers(annotations, arguments, ctx.headers or {})
+                try:
+                    check_param_headers(annotations, arguments, ctx.headers or {})
+                except GatewayError as err:
+                    if self.outcome is not None and (local is None or local.wait is not None):
+                        # Admitted, then refused: the outcome hook still sees it end (a leader's followers go on).
+                        self._outcome(msg, ctx, value, route if local is None else local.route, None, err, note)
+                    raise
         if local is not None:
+            if local.wait is not None:
+                return await self._follow(msg, ctx, reply, local, params, key, value)
             return response_bytes(msg.id, local.result)  # type: ignore[arg-type]
-        return await self.forwarder.forward(msg, ctx, reply, route, params, key, value)
+        return await self.forwarder.forward(msg, ctx, reply, route, params, key, value, note)
+
+    async def _follow(
+        self, msg: Message, ctx: RequestContext, reply: Reply | None, local: Answered, params: dict[str, Raw],
+        key: str, value: str,
+    ) -> bytes | None:
+        """A call coalesced onto an identical one in flight: answered with that call's answer (this
+        request's id), or, when there is nothing to share, sent upstream itself (admitted already)."""
+        route = local.route
+        assert route is not None and local.wait is not None
+        answer, error = await _settled(local.wait)
+        if answer is None and error is None:
+            return await self.forwarder.forward(msg, ctx, reply, route, params, key, value)
+        if self.outcome is not None:
+            self._outcome(msg, ctx, value, route, answer, error, None)
+        if error is not None:
+            raise error  # a GatewayError: the backend could not answer the call this one waited for
+        assert answer is not None
+        era = route[0].era_for(ctx.era)
+        if answer.result is not UNSET and era == ctx.era:
+            return response_bytes(msg.id, answer.result)  # type: ignore[arg-type]
+        body, status = translate(msg, ctx, era, answer)
+        if status != 200 and reply is not None:
+            reply.send(status, JSON_HEADERS, body)
+            return None
+        return body
+
+    def _outcome(
+        self, msg: Message, ctx: RequestContext, name: str, route: Any, answer: Message | None,
+        error: BaseException | None, note: Any,
+    ) -> None:
+        """``Admission.outcome`` of this request (with its note when admission left one)."""
+        outcome = self.outcome
+        assert outcome is not None
+        if note is None:
+            outcome(ctx.principal, ctx, msg.method, name, route, answer, error)  # type: ignore[arg-type]
+        else:
+            outcome(ctx.principal, ctx, msg.method, name, route, answer, error, note)  # type: ignore[arg-type]
 
     # -- GET and DELETE ----------------------------------------------------------------------
 
@@ -651,7 +724,12 @@ class McpFront:
 
     def resource_updated(self, uri: str, params: Raw) -> int:
         """``notifications/resources/updated`` for ``uri`` (as clients see it) to the sessions and
-        listen streams subscribed to it."""
+        listen streams subscribed to it; what was learnt from its backend may be stale now
+        (``Catalog.on_backend_change``: the result cache drops that backend's entries)."""
+        route = self.catalog.snapshot.router.resolve_uri(uri)
+        if route is not None:
+            for hook in self.catalog.on_backend_change:
+                hook(route[0].name)  # type: ignore[attr-defined]
         note = Message(method="notifications/resources/updated", params=params)
         event = sse_event(encode(note))
         sent = 0

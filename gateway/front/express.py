@@ -121,20 +121,38 @@ class ExpressLane:
         # The last decline is behind us: admit, once, and from here on answer whatever happens.
         ctx = session.context
         ctx.principal = principal
+        client = request.client
+        ctx.client_ip = client[0] if client is not None else None
+        note = None
         try:
             # Routing.admit, with its common case ("go") inline: one call less per request.
             verdict = self.admit(principal, ctx, "tools/call", name, route, params)
             if verdict is not None:
+                note = verdict.note
+                result = verdict.result
+                if result is not None and verdict.error is None:
+                    # A local answer (a cache hit), sent now: Routing.apply's work, inline (no exception raised).
+                    outcome = self.front.outcome
+                    if outcome is not None:
+                        if note is None:
+                            outcome(principal, ctx, "tools/call", name, None, None, None)
+                        else:
+                            outcome(principal, ctx, "tools/call", name, None, None, None, note)
+                    reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, result))  # type: ignore[arg-type]
+                    return True
                 route = self.routing.apply(ctx, "tools/call", name, route, params, verdict)
             backend, original = route
         except GatewayError as err:
             _refused(reply, msg, err)
             return True
         except Answered as local:
-            reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, local.result))  # type: ignore[arg-type]
+            if local.wait is None:
+                reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, local.result))  # type: ignore[arg-type]
+                return True
+            self._follow(msg, session, name, reply, params, local)
             return True
         params["name"] = Raw(encode(original))
-        call = _Call(self.front, msg, session, route, name, reply, Raw(encode(params)))
+        call = _Call(self.front, msg, session, route, name, reply, Raw(encode(params)), note)
         if backend is not first and not backend.express_ready():
             call.answered(None, None, True)  # rerouted by admission to a busy backend: the general send takes it
         else:
@@ -144,6 +162,19 @@ class ExpressLane:
         self.slow_calls.add(call, self.keepalive, _Call.keep_alive, call)
         session.inflight[msg.id] = (backend, call)
         return True
+
+    def _follow(
+        self, msg: Message, session: Session, name: str, reply: Reply, params: dict[str, Raw], local: Answered
+    ) -> None:
+        """A call coalesced onto an identical one in flight: answered from the callback when that one
+        ends, or, with nothing to share, sent then by the general send, as the call it was admitted as."""
+        route: Route = local.route  # type: ignore[assignment]
+        backend, original = route
+        params["name"] = Raw(encode(original))
+        call = _Call(self.front, msg, session, route, name, reply, Raw(encode(params)))
+        self.slow_calls.add(call, self.keepalive, _Call.keep_alive, call)  # a long wait gets keep-alive comments too
+        session.inflight[msg.id] = (backend, call)
+        local.wait.then(call.settled)  # type: ignore[union-attr]
 
 
 def _refused(reply: Reply, msg: Message, err: GatewayError) -> None:
@@ -163,10 +194,12 @@ class _Call:
 
     __slots__ = (
         "front", "msg", "session", "backend", "route", "name", "reply", "params", "stream", "upstream_id", "handle",
+        "note",
     )
 
     def __init__(
-        self, front: McpFront, msg: Message, session: Session, route: Route, name: str, reply: Reply, params: Raw
+        self, front: McpFront, msg: Message, session: Session, route: Route, name: str, reply: Reply, params: Raw,
+        note: Any = None,
     ) -> None:
         self.front = front
         self.msg = msg
@@ -179,6 +212,7 @@ class _Call:
         self.stream: ClientStream | None = None
         self.upstream_id: Any = None
         self.handle: Any = None
+        self.note = note  # what admission left for this call's outcome (Verdict.note)
 
     def send(self, message: Message) -> None:
         """The backend's sink: a message before the response (the response switches to SSE)."""
@@ -207,7 +241,10 @@ class _Call:
         outcome = self.front.outcome
         if outcome is not None:
             ctx = self.session.context
-            outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error)  # type: ignore[arg-type]
+            if self.note is None:
+                outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error)  # type: ignore[arg-type]
+            else:
+                outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error, self.note)  # type: ignore[arg-type]
         try:
             if stream is None and error is None and answer.result is not UNSET:  # type: ignore[union-attr]
                 # The common answer, inline: the result's bytes with the client's id.
@@ -222,6 +259,11 @@ class _Call:
                 self.reply.end()
             else:
                 send_error(self.reply, msg.id, InternalError("internal gateway error"))
+
+    def settled(self, answer: Message | None, error: BaseException | None) -> None:
+        """A coalesced call's share (``Pending.then``): answered as the backend's own outcome, or,
+        with nothing to share, sent upstream now by the general send."""
+        self.answered(answer, error, answer is None and error is None)
 
     async def _again(self) -> None:
         """The general path's send, with its own retries (a new connection, a new session)."""

@@ -82,8 +82,10 @@ class Forwarder:
         params: dict[str, Raw],
         key: str | None,
         exposed: str = "",
+        note: Any = None,
     ) -> bytes | None:
-        """Send a routed request to its backend in the right era; stream what comes back."""
+        """Send a routed request to its backend in the right era; stream what comes back.
+        ``note``: what admission left for this request's outcome (``Verdict.note``)."""
         backend, original = route
         if key is not None:
             params[key] = Raw(encode(original))
@@ -120,6 +122,8 @@ class Forwarder:
             if ctx.era == "stateless" and era == "handshake" and stream is not None:
                 answer = await self._call_for_stateless(msg, ctx, backend, params, body_params, session_key, stream, ticket)
                 if answer is None:  # the backend asked something: the client got input_required
+                    if self.admission.observes_outcomes:  # ended for now (its retry is admitted anew)
+                        self._outcome(msg, ctx, exposed, route, None, None, note)
                     return None
             else:
                 answer = await backend.request(
@@ -139,20 +143,24 @@ class Forwarder:
                     answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
         except GatewayError as err:  # down, timed out, a token exchange refused: the outcome hook sees each
             if self.admission.observes_outcomes:
-                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, None, err)  # type: ignore[arg-type]
+                self._outcome(msg, ctx, exposed, route, None, err, note)
             if stream is None or not stream.started:
                 raise
             stream.finish(error_body(msg.id, err))
             return None
         except RequestCancelled as err:
             if self.admission.observes_outcomes:
-                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, None, err)  # type: ignore[arg-type]
+                self._outcome(msg, ctx, exposed, route, None, err, note)
             # The client cancelled: it expects no JSON-RPC response (the spec says none is sent).
             if stream is not None and stream.started:
                 stream.reply.end()
             elif reply is not None and not reply.closed:
                 reply.send(202, (), b"")
             return None
+        except BaseException as err:  # the task cancelled (shutdown), or a bug: the outcome hook still sees the end
+            if self.admission.observes_outcomes:
+                self._outcome(msg, ctx, exposed, route, None, err, note)
+            raise
         finally:
             if stream is not None:
                 self.slow_calls.discard(stream)
@@ -163,7 +171,10 @@ class Forwarder:
             elif reply is not None:
                 reply.on_disconnect = None
         if self.admission.observes_outcomes:
-            self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, None)  # type: ignore[arg-type]
+            if note is None:
+                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, None)  # type: ignore[arg-type]
+            else:
+                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, None, note)  # type: ignore[arg-type]
         if answer.result is not UNSET and era == ctx.era:
             body, status = response_bytes(msg.id, answer.result), 200  # type: ignore[arg-type]
         else:
@@ -175,6 +186,16 @@ class Forwarder:
             reply.send(status, JSON_HEADERS, body)
             return None
         return body
+
+    def _outcome(
+        self, msg: Message, ctx: RequestContext, exposed: str, route: tuple[Backend, str],
+        answer: Message | None, error: BaseException | None, note: Any,
+    ) -> None:
+        """``Admission.outcome`` of this request (with its note when admission left one)."""
+        if note is None:
+            self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, error)  # type: ignore[arg-type]
+        else:
+            self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, error, note)  # type: ignore[arg-type]
 
     async def _call_for_stateless(
         self,
@@ -353,7 +374,7 @@ class Forwarder:
         if key is not None:
             headers["mcp-name"] = encode_header_value(original)
         if method == "tools/call" and "arguments" in params:
-            annotations = self.catalog.snapshot.header_annotations(exposed)
+            annotations = self.catalog.snapshot.upstream_header_annotations(exposed)
             if annotations:
                 headers.update(param_headers(annotations, decode_any(params["arguments"])))
         return headers

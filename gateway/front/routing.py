@@ -4,9 +4,12 @@ Every routed request, in both eras, both fronts and both paths, goes through
 ``Routing``: ``resolve`` finds the route of an exposed name (the catalog's
 routing table, then the passthrough fallback) or raises the unknown-name
 error; ``admit`` calls ``Admission.admit`` exactly once and applies what it
-decided. ``route`` is the two together, for the general path; the express
-lane calls them apart, because it must make its last decline (is the backend
-free for the fast send?) after resolving and before admitting.
+decided. ``route_noted`` is the two together, for the general path (it also
+gives the note admission left for the request's outcome; ``route`` drops it);
+the express lane calls them apart, because it must make its last decline (is
+the backend free for the fast send?) after resolving and before admitting.
+A coalesced call (``Verdict.wait``) is raised as ``Answered`` with the
+``Pending`` to wait on, and the front reports its outcome when it is answered.
 
 A request's params are handled as ``{key: raw JSON}``: only the routing key
 (``name``, ``uri`` or ``ref``) is decoded; the arguments stay bytes.
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.errors import InvalidParams, ResourceNotFound
-from gateway.policy.admission import Admission, Route, Verdict
+from gateway.policy.admission import Admission, Pending, Route, Verdict
 from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, decode_params, encode
 
 if TYPE_CHECKING:
@@ -43,12 +46,16 @@ _decode_str = msgspec.json.Decoder(str).decode
 
 
 class Answered(Exception):
-    """Raised by ``Routing.admit`` when admission answered locally with a result (a cache hit):
-    ``result`` is the raw result, to be sent with the client's id."""
+    """Raised by ``Routing.admit`` when admission answered locally: with a result (a cache hit),
+    ``result`` is the raw result, to be sent with the client's id; for a coalesced call, ``wait``
+    is the ``Pending`` to wait on and ``route`` where to send the call should it have to go
+    upstream itself (its params already rewritten)."""
 
-    def __init__(self, result: Raw | bytes) -> None:
+    def __init__(self, result: Raw | bytes | None, wait: Pending | None = None, route: Route | None = None) -> None:
         super().__init__("answered by admission")
         self.result = result
+        self.wait = wait
+        self.route = route
 
 
 class Routing:
@@ -97,22 +104,42 @@ class Routing:
         self, ctx: RequestContext, method: str, name: str, route: Route, params: dict[str, Raw], verdict: Verdict
     ) -> Route:
         """What a ``Verdict`` says: the route (and ``params``, in place) to go on, or the refusal
-        raised, or ``Answered`` raised with a local result."""
+        raised, or ``Answered`` raised with a local result or a call to wait for. A coalesced
+        call's outcome is the front's to report, when it is answered."""
         admission = self.admission
         if verdict.error is not None or verdict.result is not None:
             if admission.observes_outcomes:
-                admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error)
+                if verdict.note is None:
+                    admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error)
+                else:
+                    admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error, verdict.note)
             if verdict.error is not None:
                 raise verdict.error
-            raise Answered(verdict.result)  # type: ignore[arg-type]
+            raise Answered(verdict.result)
         if verdict.params is not None:
             params.clear()
             params.update(verdict.params)
-        return verdict.route if verdict.route is not None else route
+        if verdict.route is not None:
+            route = verdict.route
+        if verdict.wait is not None:
+            raise Answered(None, verdict.wait, route)
+        return route
 
     def route(self, ctx: RequestContext, method: str, kind: str, value: str, params: dict[str, Raw]) -> Route:
-        """``resolve`` then ``admit``: the general path's one call per routed request."""
+        """``resolve`` then ``admit``, for a request whose outcome nobody reports (a note left for
+        it is dropped)."""
         return self.admit(ctx, method, value, self.resolve(kind, value, ctx), params)
+
+    def route_noted(
+        self, ctx: RequestContext, method: str, kind: str, value: str, params: dict[str, Raw]
+    ) -> tuple[Route, Any]:
+        """``resolve`` then ``admit``, the general path's one call per routed request: the route,
+        and the note admission left for this request's outcome (None: none)."""
+        route = self.resolve(kind, value, ctx)
+        verdict = self.admit_call(ctx.principal, ctx, method, value, route, params)
+        if verdict is None:
+            return route, None
+        return self.apply(ctx, method, value, route, params, verdict), verdict.note
 
     def route_ref(self, ctx: RequestContext, params: dict[str, Raw]) -> Route:
         """``completion/complete``: routed by ``params.ref`` (a prompt name or a resource

@@ -96,7 +96,7 @@ class RequestContext:
 
     __slots__ = (
         "era", "protocol_version", "session", "session_key", "capabilities", "client_info", "headers", "log_level",
-        "params", "meta", "principal",
+        "params", "meta", "principal", "client_ip",
     )
 
     def __init__(
@@ -129,6 +129,8 @@ class RequestContext:
         self.meta: dict[str, Any] | None = None
         # Who is calling, as the header gate said (None until authentication exists).
         self.principal: Any = None
+        # The TCP peer's address, set per request like ``principal`` (None: stdio, or unknown).
+        self.client_ip: str | None = None
 
 
 class SessionStore:

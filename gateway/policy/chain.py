@@ -1,18 +1,23 @@
 """The admission chain of one config snapshot: the policies, in their fixed order.
 
-``build_admission(config)`` makes it from the config: today RBAC only (``[rbac]``);
-later the kill switch (before it), transforms, limits, cache and coalescing
-(after it), in the order ``docs/architecture.md`` gives. A chain of one policy is
-that policy itself (one call less per request); no policy at all is None (the
-front then admits everything at no cost).
+``build_admission(config)`` makes it from the config: RBAC (``[rbac]``), then the
+argument transforms (``inject``/``defaults``, ``gateway.policy.transforms``), then the
+rate limits (``[[limits]]``, ``gateway.policy.limits``), then the result cache and
+coalescing (``[backends.NAME.cache]``, ``gateway.policy.cache``); later the kill
+switch (before them), in the order ``docs/architecture.md`` gives. A chain of one
+policy is that policy itself (one call less per request); no policy at all is None
+(the front then admits everything at no cost).
 
 ``Chain`` runs its policies in order: each ``admit`` sees the params and route the
 ones before it rewrote; the first refusal or local answer ends the chain; a
-rewrite goes on to the next policy and is returned at the end. ``outcome`` goes
-to every policy that observes outcomes. ``page`` is the list filter of the one
-policy that filters lists (``filters_lists``); composing two list filters
-(kill switch and RBAC) will need a shared visibility predicate, so a chain
-refuses to be built with two.
+rewrite goes on to the next policy and is returned at the end (a coalesced call,
+``Verdict.wait``, ends the chain too, and keeps the rewrites made before it: it may
+have to go upstream itself). ``outcome`` goes to every policy that observes
+outcomes, each with the note it left (``Verdict.note``; the chain keeps them per
+policy, in a ``_Notes``, only for requests that have one). ``attach`` goes to every
+policy. ``page`` is the list filter of the one policy that filters lists
+(``filters_lists``); composing two list filters (kill switch and RBAC) will need a
+shared visibility predicate, so a chain refuses to be built with two.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.policy.admission import Admission, Route, Verdict
 
 if TYPE_CHECKING:
-    from gateway.catalog.aggregate import CatalogSnapshot
+    from gateway.catalog.aggregate import Catalog, CatalogSnapshot
     from gateway.config import Config
     from gateway.protocol.jsonrpc import Message, Raw
 
@@ -34,6 +39,36 @@ log = logging.getLogger("gateway.policy")
 
 def _filters_lists(admission: Admission) -> bool:
     return type(admission).page is not Admission.page
+
+
+class _Notes(dict):  # type: ignore[type-arg]
+    """The notes the policies of a chain left for one request: policy -> its note."""
+
+    __slots__ = ()
+
+
+def _noted(rewritten: Verdict | None, admission: Admission, note: Any) -> Verdict:
+    """``rewritten`` (made if None) with ``admission``'s note added to the chain's notes."""
+    if rewritten is None:
+        rewritten = Verdict()
+    notes = rewritten.note
+    if notes is None:
+        notes = rewritten.note = _Notes()
+    notes[admission] = note
+    return rewritten
+
+
+def _local(verdict: Verdict, rewritten: Verdict | None, admission: Admission) -> Verdict:
+    """A local answer (refusal, result, coalesced wait), with the rewrites and notes the policies
+    before it made (the wait may go upstream with them; the outcome hook sees the notes)."""
+    if verdict.note is not None:
+        rewritten = _noted(rewritten, admission, verdict.note)
+    if rewritten is None:
+        return verdict
+    return Verdict(
+        route=rewritten.route, params=rewritten.params, error=verdict.error, result=verdict.result,
+        wait=verdict.wait, note=rewritten.note,
+    )
 
 
 class Chain(Admission):
@@ -56,8 +91,12 @@ class Chain(Admission):
             verdict = admission.admit(principal, ctx, method, name, route, params)
             if verdict is None:
                 continue
-            if verdict.error is not None or verdict.result is not None:
-                return verdict
+            if verdict.error is not None or verdict.result is not None or verdict.wait is not None:
+                return _local(verdict, rewritten, admission)
+            if verdict.note is not None:
+                rewritten = _noted(rewritten, admission, verdict.note)
+            if verdict.route is None and verdict.params is None:
+                continue
             if rewritten is None:
                 rewritten = Verdict()
             if verdict.route is not None:
@@ -75,9 +114,22 @@ class Chain(Admission):
         route: Route | None,
         answer: Message | None,
         error: BaseException | None,
+        note: Any = None,
     ) -> None:
+        if note is None:
+            for admission in self.observers:
+                admission.outcome(principal, ctx, method, name, route, answer, error)
+            return
         for admission in self.observers:
-            admission.outcome(principal, ctx, method, name, route, answer, error)
+            own = note.get(admission)
+            if own is None:
+                admission.outcome(principal, ctx, method, name, route, answer, error)
+            else:
+                admission.outcome(principal, ctx, method, name, route, answer, error, own)
+
+    def attach(self, catalog: Catalog) -> None:
+        for admission in self.admissions:
+            admission.attach(catalog)
 
     def page(self, principal: Any, ctx: Any, snapshot: CatalogSnapshot, method: str, cursor: str | None) -> bytes:
         if self.filter is not None:
@@ -97,6 +149,20 @@ def build_admission(config: Config) -> Admission | None:
                 "callers are unauthenticated, and only rules without roles/scopes/subjects apply to them"
             )
         admissions.append(RbacAdmission(config.rbac))
+    if any(s.inject or s.defaults for b in config.backends.values() if b.enabled for s in b.tools.values()):
+        from gateway.policy.transforms import build_transforms  # after RBAC, before limits and cache: they see the call as sent
+
+        transforms = build_transforms(config)
+        if transforms is not None:
+            admissions.append(transforms)
+    if config.limits:
+        from gateway.policy.limits import LimitsAdmission  # after RBAC: a hidden name never counts
+
+        admissions.append(LimitsAdmission(config.limits))
+    if any(b.cache is not None for b in config.backends.values() if b.enabled):
+        from gateway.policy.cache import CacheAdmission  # last: a refused or limited call is never answered from it
+
+        admissions.append(CacheAdmission(config))
     if not admissions:
         return None
     return admissions[0] if len(admissions) == 1 else Chain(admissions)

@@ -99,7 +99,8 @@ class BackendAuth:
         if credential is not None:
             self.own = ClientCredentials(backend.name, credential, backend._token_changed)
             if credential.grant == "token_exchange":
-                self.exchange = TokenExchange(backend.name, credential, config.url or "")
+                # The audience: the backend's URL (with replicas, the first one's: one service).
+                self.exchange = TokenExchange(backend.name, credential, (config.url_list or [""])[0])
         self.identity = dict(config.identity_headers)
         """claim -> header name."""
         self.per_caller = self.exchange is not None or bool(self.identity)
@@ -121,12 +122,20 @@ class HttpBackend(Backend):
     """
 
     def __init__(
-        self, name: str, config: BackendConfig, *, default_timeout: float = 60.0, client_info: dict[str, Any] | None = None
+        self,
+        name: str,
+        config: BackendConfig,
+        *,
+        default_timeout: float = 60.0,
+        client_info: dict[str, Any] | None = None,
+        url: str | None = None,
     ) -> None:
+        """``url``: the endpoint (one replica's, ``backends.replicas``); None: ``config.url``."""
         super().__init__(name, config)
-        parts = urlsplit(config.url or "")
+        url = url if url is not None else config.url
+        parts = urlsplit(url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"backend {name!r}: only http:// and https:// URLs are supported, got {config.url!r}")
+            raise ValueError(f"backend {name!r}: only http:// and https:// URLs are supported, got {url!r}")
         tls = parts.scheme == "https"
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.default_timeout = default_timeout
@@ -148,7 +157,9 @@ class HttpBackend(Backend):
         self.shared = UpSession()
         self._stateless = stateless_session()
         self._per_client: dict[str, UpSession] = {}
-        self.pool = Pool(self, config, parts.hostname, parts.port or (443 if tls else 80), self._deadlines, tls=tls)
+        self.pool = Pool(
+            self, config, parts.hostname, parts.port or (443 if tls else 80), self._deadlines, tls=tls, url=url or ""
+        )
         # The pool's containers, read here on the fast paths without going through the pool.
         self._idle = self.pool.idle
         self._all = self.pool.all
@@ -157,6 +168,11 @@ class HttpBackend(Backend):
         self._recovering: asyncio.Task[None] | None = None
         # Set by stop() until the next start(): nothing new is begun, freed connections close.
         self.stopping = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL, as configured."""
+        return self.pool.url
 
     @property
     def host(self) -> str:
@@ -222,7 +238,7 @@ class HttpBackend(Backend):
             self.log.warning(
                 "%s: TLS WITHOUT VERIFICATION (tls_verify = false): the certificate of %s is not checked; "
                 "anyone on the network path can read and change this backend's traffic, credentials included",
-                self.name, self.config.url,
+                self.name, self.url,
             )
         try:
             await self._probe()

@@ -23,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.backends.base import ExpressAnswer, MessageSink, Ticket
+from gateway.backends.faults import not_sent
 from gateway.backends.http.connection import Connection, ConnectionOwner
 from gateway.errors import BackendUnavailable
 from gateway.protocol.jsonrpc import Message, Raw
@@ -76,10 +77,19 @@ class Pool:
     fast paths; only the pool changes them."""
 
     def __init__(
-        self, owner: PoolOwner, config: BackendConfig, host: str, port: int, deadlines: Deadlines, *, tls: bool = False
+        self,
+        owner: PoolOwner,
+        config: BackendConfig,
+        host: str,
+        port: int,
+        deadlines: Deadlines,
+        *,
+        tls: bool = False,
+        url: str = "",
     ) -> None:
         self.owner = owner
         self.config = config
+        self.url = url  # as configured, for messages
         self.host = host
         self.port = port
         self.tls = tls  # an https:// backend: every connection is TLS
@@ -137,8 +147,10 @@ class Pool:
             conn = await self.open_connection()
         except (OSError, asyncio.TimeoutError) as exc:
             self.owner.connect_failed(exc)
-            raise BackendUnavailable(
-                f"backend {self.owner.name!r} is unreachable: {connect_problem(exc)}", reason="backend_connection"
+            raise not_sent(  # nothing reached the backend: safe to send anywhere again
+                BackendUnavailable(
+                    f"backend {self.owner.name!r} is unreachable: {connect_problem(exc)}", reason="backend_connection"
+                )
             ) from None
         finally:
             self.all.discard(placeholder)
@@ -197,7 +209,7 @@ class Pool:
 
     def busy(self) -> BackendUnavailable:
         """The error of a request that waited its whole ``connect_timeout`` for a pool connection."""
-        return BackendUnavailable(f"backend {self.owner.name!r}: all {self.config.pool_size} connections busy")
+        return not_sent(BackendUnavailable(f"backend {self.owner.name!r}: all {self.config.pool_size} connections busy"))  # type: ignore[return-value]
 
     def close(self) -> None:
         """The backend stopped: close every connection and fail everyone still in line."""
