@@ -38,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 TARGETS = ("direct", "floor", "gateway")
-SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn", "call_auth")
+SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn", "call_auth", "call_limited", "call_cached")
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
 # The line every server of the harness prints once it accepts connections (the gateway's included).
@@ -194,6 +194,14 @@ class Stack:
             backends_toml = "".join(f'[backends.{n}]\nurl = "http://127.0.0.1:{p}/mcp"\n' for n, p in zip(names, self.backend_ports))
         config.write_text("[server]\nmax_body_bytes = 8388608\n" + backends_toml)
         self.headers: tuple[str, ...] = ()
+        if scenario == "call_limited":  # every call takes a token of a bucket that never runs dry
+            from benchmarks.instructions import LIMIT_NEVER_REFUSING
+
+            config.write_text(config.read_text() + LIMIT_NEVER_REFUSING)
+        elif scenario == "call_cached":  # every gateway call after the first is a cache hit; floor and direct still forward
+            from benchmarks.instructions import CACHE_ECHO
+
+            config.write_text(config.read_text() + CACHE_ECHO)
         if scenario == "call_auth":  # a JWT and 20 RBAC rules; every target gets the same header bytes
             from benchmarks.auth_setup import auth_setup
 

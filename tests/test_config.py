@@ -444,3 +444,13 @@ def test_describe_tells_traffic_options() -> None:
     assert "docs: http http://127.0.0.1:9001/mcp http://127.0.0.1:9002/mcp," in text
     assert "2 replicas (ejected for 5 s); max 8 in flight, 16 queued; 2 retries" in text
     assert "breaker at 50% of >= 5 calls in 10 s, open 2 s; cache get_* for 30 s per shared; shaped search as find" in text
+
+
+def test_the_readmes_toml_examples_load() -> None:
+    # A README example users copy must be a config the gateway takes (and fail this test when it drifts).
+    import re
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        load_config_text(block, fmt="toml", env={"DOCS_TOKEN": "t"})

@@ -36,9 +36,10 @@ answer a page of what the caller may see there). ``attach`` is called once
 with the catalog the front routes over, for a policy that reads it (tool
 annotations) or must hear that a backend changed (``Catalog.on_backend_change``).
 
-The planned order inside ``admit`` (``docs/architecture.md``): kill switch ->
-RBAC -> transforms -> limits -> cache lookup -> coalescing. Today the chain is
-empty: ``Admission`` admits everything.
+The order inside ``admit`` (``docs/architecture.md``, built by
+``gateway.policy.chain.build_admission``): kill switch (to come) -> RBAC ->
+transforms -> limits -> cache lookup -> coalescing. This base class admits
+everything; with no policy configured the front has no chain at all.
 """
 
 from __future__ import annotations
