@@ -130,6 +130,8 @@ class Gateway:
     def _backend_notification(self, backend: Backend, session_key: str | None, msg: Message) -> None:
         methods = CHANGE_NOTIFICATIONS.get(msg.method)  # type: ignore[arg-type]
         if methods is not None:
+            # What was learnt from it (cached results) is dropped now, not when the new lists are in.
+            self.catalog.backend_changed(backend.name)
             self._spawn(self.catalog.refresh([backend.name], methods))
         elif msg.method == "notifications/resources/updated" and msg.params is not UNSET:
             self._resource_updated(backend, msg.params)

@@ -438,3 +438,48 @@ class TlsScriptedHttp(ScriptedHttp):
     async def __aenter__(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
         return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+
+
+class InProcess:
+    """A gateway running in this test's event loop: the ``Gateway``, its listener and port, and each
+    verdict of its express lane in ``taken`` (True: the lane took the request)."""
+
+    def __init__(self, gateway: Any, listener: Any, port: int, taken: list[bool]) -> None:
+        self.gateway = gateway
+        self.listener = listener
+        self.port = port
+        self.taken = taken
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+@contextlib.asynccontextmanager
+async def in_process_gateway(config: Any, admission: Any = None) -> AsyncIterator[InProcess]:
+    """Start ``Gateway(config, admission)`` and its listener here, with the express lane's verdicts counted."""
+    from gateway.app import Gateway
+    from gateway.server.listener import Server
+
+    gateway = Gateway(config, admission)
+    await gateway.start()
+    try:
+        front = gateway.front
+        taken: list[bool] = []
+        lane = front.express
+        if lane is not None:
+
+            def counted(request: Any, reply: Any) -> bool:
+                verdict = lane(request, reply)
+                taken.append(verdict)
+                return verdict
+
+            front.express = counted
+        listener = Server(front, config.server)
+        _, port = await listener.start()
+        try:
+            yield InProcess(gateway, listener, port, taken)
+        finally:
+            await listener.shutdown()
+    finally:
+        await gateway.stop()

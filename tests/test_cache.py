@@ -31,8 +31,7 @@ from gateway.policy.admission import Admission, Verdict
 from gateway.policy.cache import CacheAdmission
 from gateway.policy.chain import Chain, build_admission
 from gateway.protocol.jsonrpc import Message, Raw
-from gateway.server.listener import Server
-from tests.support import SERVERS, Child, ScriptedHttp, eventually, handshake_answer
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789ab"
@@ -111,26 +110,8 @@ url = {url!r}
 @contextlib.asynccontextmanager
 async def serving(text: str, admission: Admission | None = None) -> AsyncIterator[Running]:
     config = load_config_text(text, fmt="toml")
-    gateway = Gateway(config, admission)
-    await gateway.start()
-    front = gateway.front
-    taken: list[bool] = []
-    lane = front.express
-    if lane is not None:
-
-        def counted(request: Any, reply: Any) -> bool:
-            verdict = lane(request, reply)
-            taken.append(verdict)
-            return verdict
-
-        front.express = counted  # type: ignore[assignment]
-    listener = Server(front, config.server)
-    _, port = await listener.start()
-    try:
-        yield Running(port, gateway, taken)
-    finally:
-        await listener.shutdown()
-        await gateway.stop()
+    async with in_process_gateway(config, admission) as running:
+        yield Running(running.port, running.gateway, running.taken)
 
 
 class Response:

@@ -21,14 +21,13 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.app import Gateway
 from gateway.backends.base import BackendCall, Ticket
 from gateway.backends.http import HttpBackend
 from gateway.config import BackendConfig, load_config_text
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
 from gateway.server.listener import Server
-from tests.support import Child, ScriptedHttp, handshake_answer
+from tests.support import in_process_gateway, Child, ScriptedHttp, handshake_answer
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -60,26 +59,8 @@ url = {backend_url!r}
 {backend}
 """
     config = load_config_text(text, fmt="toml")
-    gateway = Gateway(config, admission)
-    await gateway.start()
-    front = gateway.front
-    taken: list[bool] = []
-    lane = front.express
-    if lane is not None:
-
-        def counting(request: Any, reply: Any) -> bool:
-            verdict = lane(request, reply)
-            taken.append(verdict)
-            return verdict
-
-        front.express = counting  # type: ignore[assignment]
-    listener = Server(front, config.server)
-    _, port = await listener.start()
-    try:
-        yield Running(f"http://127.0.0.1:{port}/mcp", taken, listener)
-    finally:
-        await listener.shutdown()
-        await gateway.stop()
+    async with in_process_gateway(config, admission) as running:
+        yield Running(running.url, running.taken, running.listener)
 
 
 # -- the official SDK server behind it -----------------------------------------------------------

@@ -337,3 +337,19 @@ async def test_an_app_still_running_after_its_reply_does_not_hold_up_the_next_re
     await settle(0.05)
     assert second_seen.is_set()
     assert transport.data.endswith(b"second") and len(status_lines(transport.data)) == 2
+
+
+@pytest.mark.parametrize("request_id", [0, 7, -1, 2**63, "a", 'x"y\\z', "é\u2028", ""])
+@pytest.mark.parametrize("as_raw", [True, False])
+def test_response_bytes_are_what_encoding_a_message_gives(request_id: object, as_raw: bool) -> None:
+    # response_bytes joins the parts itself (no Message built): it must stay byte for byte the encoder's output.
+    import msgspec
+
+    from gateway.protocol.jsonrpc import Message, error_response_bytes, response_bytes
+
+    body = b'{"content":[{"type":"text","text":"hi"}],"isError":false}'
+    value = msgspec.Raw(body) if as_raw else body
+    encode = msgspec.json.Encoder().encode
+    assert response_bytes(request_id, value) == encode(Message(id=request_id, result=msgspec.Raw(body)))  # type: ignore[arg-type]
+    error = b'{"code":-32601,"message":"nope"}'
+    assert error_response_bytes(request_id, error) == encode(Message(id=request_id, error=msgspec.Raw(error)))  # type: ignore[arg-type]

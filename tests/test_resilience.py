@@ -29,8 +29,7 @@ from gateway.config import BreakerConfig, load_config_text
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
-from gateway.server.listener import Server
-from tests.support import SERVERS, Child, ScriptedHttp, eventually, handshake_answer
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -226,26 +225,8 @@ async def running(backend: str, gateway: str = "", admission: Admission | None =
     """A gateway with one backend ``web`` (``backend``: its TOML lines)."""
     text = f"[server]\nport = 0\n\n[gateway]\n{gateway}\n\n[backends.web]\n{backend}\n"
     config = load_config_text(text, fmt="toml")
-    gw = Gateway(config, admission)
-    await gw.start()
-    front = gw.front
-    taken: list[bool] = []
-    lane = front.express
-    if lane is not None:
-
-        def counting(request: Any, reply: Any) -> bool:
-            verdict = lane(request, reply)
-            taken.append(verdict)
-            return verdict
-
-        front.express = counting  # type: ignore[assignment]
-    listener = Server(front, config.server)
-    _, port = await listener.start()
-    try:
-        yield Running(gw, port, taken)
-    finally:
-        await listener.shutdown()
-        await gw.stop()
+    async with in_process_gateway(config, admission) as running:
+        yield Running(running.gateway, running.port, running.taken)
 
 
 class Answer:

@@ -259,11 +259,16 @@ class Catalog:
             old = self.snapshot
             self.snapshot = self._build()
             changed = {m for m in LIST_METHODS if old.items.get(m) != self.snapshot.items.get(m)}
-        for hook in self.on_backend_change:
-            for name in names:
-                hook(name)
+        for name in names:
+            self.backend_changed(name)
         if changed and self.on_change is not None:
             self.on_change(changed)
+
+    def backend_changed(self, name: str) -> None:
+        """Tell the ``on_backend_change`` hooks that backend ``name`` changed (its lists were fetched
+        again, or it has just announced a change: what was learnt from it may be stale)."""
+        for hook in self.on_backend_change:
+            hook(name)
 
     async def _fetch_backend(self, backend: Backend, methods: list[str]) -> None:
         fetched = self._fetched.setdefault(backend.name, {})

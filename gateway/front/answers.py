@@ -14,6 +14,7 @@ import msgspec
 
 from gateway.errors import BackendUnavailable, GatewayError, InternalError, error_body
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, encode, response_bytes
+from gateway.protocol.stateless import as_stateless_result
 
 if TYPE_CHECKING:
     from gateway.front.sessions import RequestContext
@@ -23,7 +24,6 @@ __all__ = [
     "JSON_HEADERS",
     "SSE_HEADERS",
     "STATELESS_STATUS",
-    "add_result_fields",
     "request_failed",
     "send_error",
     "sse_event",
@@ -42,14 +42,6 @@ _decode_error = msgspec.json.Decoder(dict[str, Any]).decode
 def sse_event(data: bytes) -> bytes:
     """One JSON-RPC message as an SSE ``message`` event."""
     return b"event: message\ndata: " + data + b"\n\n"
-
-
-def add_result_fields(result: bytes, fields: bytes) -> bytes:
-    """Splice pre-encoded ``"key":value`` pairs into a result object that lacks them."""
-    if not result.startswith(b"{"):
-        return result
-    rest = result[1:].lstrip()
-    return b"{" + fields + (b"}" if rest == b"}" else b"," + rest)
 
 
 def send_error(reply: Reply, request_id: Any, err: GatewayError) -> None:
@@ -76,10 +68,7 @@ def translate(msg: Message, ctx: RequestContext, era: str, answer: Message) -> t
     if answer.result is not UNSET:
         result = answer.result
         if ctx.era == "stateless" and era == "handshake":
-            extra = b'"resultType":"complete"'
-            if msg.method == "resources/read":
-                extra += b',"ttlMs":0,"cacheScope":"private"'
-            result = Raw(add_result_fields(bytes(result), extra))
+            result = Raw(as_stateless_result(bytes(result), msg.method))  # type: ignore[arg-type]
         return response_bytes(msg.id, result), 200  # type: ignore[arg-type]
     if answer.error is UNSET:
         err = InternalError("backend sent an empty response", reason="bad_backend_response")

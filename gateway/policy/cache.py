@@ -50,9 +50,10 @@ result under the leader's principal and from then on keys that name per principa
 (until the backend's entries are dropped). A hit is sent with the bytes that were
 stored: the backend's ``ttlMs`` is not reduced by the time the entry has waited.
 
-**Dropped**: a backend's entries go when its lists are fetched again (its
-``list_changed``, a change of its state) and on its ``resources/updated``
-(``Catalog.on_backend_change``); a call in flight then stores nothing.
+**Dropped**: a backend's entries go as soon as it announces ``list_changed``,
+again when its lists have been fetched again (that, or a change of its state),
+and on its ``resources/updated`` (``Catalog.on_backend_change``); a call in
+flight then stores nothing.
 
 **Not detected**: a handshake-era backend that asks the client something in the
 middle of a call (sampling, elicitation, roots) makes a result that depends on
@@ -80,6 +81,7 @@ from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen
 from gateway.policy.admission import Admission, Route, Verdict
 from gateway.policy.coalesce import Flight
 from gateway.protocol.jsonrpc import UNSET
+from gateway.protocol.stateless import as_stateless_result
 
 if TYPE_CHECKING:
     from gateway.catalog.aggregate import Catalog, CatalogSnapshot
@@ -225,6 +227,7 @@ class CacheAdmission(Admission):
     def admit(
         self, principal: Any, ctx: Any, method: str, name: str, route: Route, params: dict[str, Raw]
     ) -> Verdict | None:
+        # Written for the interpreter: a hit is the common cacheable call, and every line here is paid by it.
         memo = self._memos.get(method)
         if memo is None:
             return None
@@ -233,33 +236,63 @@ class CacheAdmission(Admission):
             decision = self._decide(memo, method, name, route)
         if decision is None:
             return None
-        # Only the routing key and the arguments (the common call: two cheap checks), else each key allowed.
-        if not (len(params) == 2 and "arguments" in params or len(params) == 1) and not params.keys() <= decision.allowed:
-            return None
-        if "_meta" in params and not self._plain_meta(ctx, params):
-            return None  # a progress token, or _meta the backend may read: this call is its caller's own
-        owner = principal.key if principal is not None else None
-        era = ctx.era
-        arguments = params.get("arguments")
-        who = SHARED if decision.shared else owner
+        if len(params) != 2 or "arguments" not in params:
+            return self._admit_other(principal, ctx, method, name, params, decision)
+        raw = bytes(params["arguments"])  # the routing key and the arguments: the plain call
+        if len(raw) > _MEMO_ARGUMENTS:
+            who = SHARED if decision.shared else principal.key if principal is not None else None
+            return self._lookup(principal, ctx, method, name, params, decision, raw, cache_key((ctx.era, who), method, name, raw))
         # The key, canonicalised once per distinct small call (cache_key decodes and encodes the arguments).
-        raw = bytes(arguments) if arguments is not None else None
-        if raw is not None and len(raw) > _MEMO_ARGUMENTS:
-            key = cache_key((era, who), method, name, raw)
-        else:
-            memo_key = (era, who, method, name, raw)
-            key = self._keys.get(memo_key, _UNDECIDED)
-            if key is _UNDECIDED:
-                key = self._key(memo_key)
+        memo_key = (ctx.era, SHARED if decision.shared else principal.key if principal is not None else None, method, name, raw)
+        key = self._keys.get(memo_key, _UNDECIDED)
+        if key is _UNDECIDED:
+            key = self._key(memo_key)
         if key is None:
             return None  # arguments that do not canonicalise (a duplicate key, invalid JSON)
         now = self.clock()
         value = self.lru.get(key, now)
         if value is not None:
             verdict = self._hits.get(value)  # one Verdict per cached result (the front never changes one)
-            if verdict is None:
-                verdict = self._hit(value)
-            return verdict
+            return verdict if verdict is not None else self._hit(value)
+        return self._missed(principal, ctx, method, name, params, decision, raw, key, now)
+
+    def _admit_other(
+        self, principal: Any, ctx: Any, method: str, name: str, params: dict[str, Raw], decision: _Decision
+    ) -> Verdict | None:
+        """A cacheable call whose params are not just the routing key and the arguments: plain
+        only with no arguments, or with keys the decision allows and a ``_meta`` of the envelope's."""
+        if len(params) != 1 and not params.keys() <= decision.allowed:
+            return None
+        if "_meta" in params and not self._plain_meta(ctx, params):
+            return None  # a progress token, or _meta the backend may read: this call is its caller's own
+        arguments = params.get("arguments")
+        raw = bytes(arguments) if arguments is not None else None
+        who = SHARED if decision.shared else principal.key if principal is not None else None
+        key = cache_key((ctx.era, who), method, name, raw)
+        if key is None:
+            return None
+        return self._lookup(principal, ctx, method, name, params, decision, raw, key)
+
+    def _lookup(
+        self, principal: Any, ctx: Any, method: str, name: str, params: dict[str, Raw], decision: _Decision,
+        raw: bytes | None, key: bytes | None,
+    ) -> Verdict | None:
+        """``key`` in the cache (a hit), or in flight (a follower), or the leader of a new flight (a miss)."""
+        if key is None:
+            return None
+        now = self.clock()
+        value = self.lru.get(key, now)
+        if value is not None:
+            verdict = self._hits.get(value)
+            return verdict if verdict is not None else self._hit(value)
+        return self._missed(principal, ctx, method, name, params, decision, raw, key, now)
+
+    def _missed(
+        self, principal: Any, ctx: Any, method: str, name: str, params: dict[str, Raw], decision: _Decision,
+        raw: bytes | None, key: bytes, now: float,
+    ) -> Verdict:
+        """Not in the cache: a follower of the identical call in flight, or the leader of a new flight."""
+        owner = principal.key if principal is not None else None
         flight = self._flights.get(key)
         if flight is not None:
             if now - flight.started < self.flight_limit:
@@ -267,7 +300,7 @@ class CacheAdmission(Admission):
                 return Verdict(wait=flight.follow(owner))
             log.warning("cache: a call of %r never ended; identical calls no longer wait for it", name)
             flight.settle(None, None)
-        miss = _Miss(key, owner, decision, method, name, era, raw, params, self._epochs.get(decision.tag, 0), now)
+        miss = _Miss(key, owner, decision, method, name, ctx.era, raw, params, self._epochs.get(decision.tag, 0), now)
         self._flights[key] = miss
         return Verdict(note=miss)
 
@@ -422,19 +455,9 @@ class CacheAdmission(Admission):
         }
 
 
-_COMPLETE = b'"resultType":"complete"'
-_READ_HINTS = b',"ttlMs":0,"cacheScope":"private"'
-
-
 def _as_sent(result: bytes, method: str, client_era: str, backend_era: str) -> bytes:
-    """The result as the client of ``client_era`` gets it from a backend spoken to in ``backend_era``.
-
-    Only a stateless client of a handshake backend gets other bytes: ``resultType`` (and, for
-    ``resources/read``, the hints saying not to keep it), spliced in exactly as
-    ``gateway.front.answers.translate`` does (policy may not import the front; the parity
-    tests in ``tests/test_cache.py`` hold the two equal)."""
-    if client_era != "stateless" or backend_era != "handshake" or not result.startswith(b"{"):
+    """The result as the client of ``client_era`` gets it from a backend spoken to in ``backend_era``
+    (only a stateless client of a handshake backend gets other bytes, as the front sends them)."""
+    if client_era != "stateless" or backend_era != "handshake":
         return result
-    fields = _COMPLETE + (_READ_HINTS if method == "resources/read" else b"")
-    rest = result[1:].lstrip()
-    return b"{" + fields + (b"}" if rest == b"}" else b"," + rest)
+    return as_stateless_result(result, method)

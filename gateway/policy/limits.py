@@ -289,6 +289,9 @@ class LimitsAdmission(Admission):
             for key_of, store, rate, burst, dimension in plan.bytes:
                 if store.take(key_of(values), size, now, rate, burst):
                     return self._refuse(plan, dimension, values, now, params)
+            # The answer's bytes go to the buckets this call took from: its key parts travel with it
+            # (the session's context is shared, and may hold another request's client_ip by then).
+            return Verdict(note=values)
         return None
 
     def _refuse(
@@ -337,7 +340,7 @@ class LimitsAdmission(Admission):
         if not size:
             return
         now = self.clock()
-        values = self._values(principal, ctx, name, route)
+        values = note if note is not None else self._values(principal, ctx, name, route)
         for key_of, _, rate, burst, dimension in plan.bytes:
             dimension.store.debit(key_of(values), size, now, rate, burst)
 

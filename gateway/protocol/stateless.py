@@ -35,6 +35,7 @@ from gateway.protocol.versions import STATELESS_VERSIONS
 
 __all__ = [
     "CAPABILITIES_KEY",
+    "as_stateless_result",
     "CLIENT_INFO_KEY",
     "Envelope",
     "LOG_LEVEL_KEY",
@@ -233,3 +234,18 @@ def check_param_headers(
             raise HeaderMismatch(f"{name} header has a malformed base64 value")
         if not _same(kind, value, rendered, decoded):
             raise HeaderMismatch(f"{name} header does not match argument {'.'.join(path)!r}")
+
+
+_COMPLETE = b'"resultType":"complete"'
+_READ_HINTS = b',"ttlMs":0,"cacheScope":"private"'
+
+
+def as_stateless_result(result: bytes, method: str) -> bytes:
+    """A handshake-era backend's result as a stateless-era client gets it: ``resultType`` spliced in
+    (and, for ``resources/read``, the hints not to keep it: the backend gave none). A result that is
+    not an object is left as it is."""
+    if not result.startswith(b"{"):
+        return result
+    fields = _COMPLETE + (_READ_HINTS if method == "resources/read" else b"")
+    rest = result[1:].lstrip()
+    return b"{" + fields + (b"}" if rest == b"}" else b"," + rest)
