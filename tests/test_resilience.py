@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import gateway.backends.guarded as guarded_module
 from gateway.app import Gateway
 from gateway.backends.base import RequestCancelled
 from gateway.backends.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
@@ -538,6 +539,27 @@ async def test_retries_stay_within_the_budget() -> None:
             assert (await client.call("web__read")).status == 503
         # The first call: 1 + 2 retries (the floor), not 1 + 3; the others: no budget left.
         assert scripted.calls == {"read": 5}
+
+
+async def test_a_cancel_between_attempts_sends_no_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long pause before the retry (the knob, not the behaviour, is changed), so the cancel surely lands in it.
+    monkeypatch.setattr(guarded_module, "_BACKOFF", 30.0)
+
+    async def script(msg: dict) -> tuple[int, dict, bytes]:
+        return FIVE_OH_THREE
+
+    scripted = Backend(script)
+    async with scripted as url, running(f"url = {url!r}\nretries = 2\nrequest_timeout = 300\n") as gw:
+        client = await McpClient(gw.port).open()
+        pending = asyncio.ensure_future(client.call("web__read", request_id=7))
+        await eventually(lambda: bool(gw.web._resting), message="the call never paused before its retry")  # type: ignore[union-attr]
+        await client.cancel(7)
+        answer = await asyncio.wait_for(pending, 10)
+        assert answer.status == 202  # cancelled: no JSON-RPC answer, as the spec says
+        # The express attempt, then its first retry (handed to the general path at once), then the pause:
+        # the second retry never went out.
+        assert scripted.calls == {"read": 2}
+        assert not gw.web._resting  # type: ignore[union-attr]
 
 
 class CountingAdmission(Admission):

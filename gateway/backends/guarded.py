@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.backends.base import Backend, BackendCall, BackendState, ExpressAnswer, MessageSink, Ticket
+from gateway.backends.base import Backend, BackendCall, BackendState, ExpressAnswer, MessageSink, RequestCancelled, Ticket
 from gateway.backends.breaker import CLOSED, Breaker
 from gateway.backends.concurrency import Gate
 from gateway.backends.faults import failed, never_sent
@@ -60,6 +60,11 @@ __all__ = ["CATALOG_METHODS", "Guarded", "needs_guard"]
 
 CATALOG_METHODS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 """The list calls only the catalog makes (clients' lists are served from the catalog)."""
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
 
 _BACKOFF = 0.05  # seconds before the first retry, doubled for each next one (at most a quarter of the time left)
 
@@ -101,6 +106,7 @@ class Guarded(Backend):
         """The backend's own names of its tools annotated ``readOnlyHint`` or ``idempotentHint``."""
         self._paging: set[str] = set()  # safe tools of the tools/list pages read so far
         self._carried: dict[Any, _Carried] = {}  # ticket -> an express call handed to request()
+        self._resting: dict[Any, asyncio.Future[None]] = {}  # ticket -> the pause before its retry
         inner.on_notification = self._notified
         inner.on_state_change = self._changed
 
@@ -192,6 +198,11 @@ class Guarded(Backend):
         gate = self.gate
         if gate is not None and gate.queued and gate.cancel(ticket, reason):
             return
+        resting = self._resting.get(ticket) if self._resting else None
+        if resting is not None:  # between two attempts: nothing is in flight, and no retry may go out
+            if not resting.done():
+                resting.set_exception(RequestCancelled(reason))
+            return
         self.inner.cancel(ticket, reason)
 
     # -- the general path ---------------------------------------------------------------------------
@@ -243,7 +254,7 @@ class Guarded(Backend):
                             probe = breaker.admit()
                         except CircuitOpen:
                             raise exc from None  # the circuit opened meanwhile: no more attempts
-                    await asyncio.sleep(min(_BACKOFF * 2 ** (retried - 1), (deadline - self.clock()) / 4))
+                    await self._rest(call.ticket, min(_BACKOFF * 2 ** (retried - 1), (deadline - self.clock()) / 4))
                     continue
                 if breaker is not None:
                     breaker.ended(probe, False)
@@ -256,6 +267,21 @@ class Guarded(Backend):
                 breaker.ended(True, None)  # type: ignore[union-attr]
             if gate is not None:
                 gate.leave()
+
+    async def _rest(self, ticket: Any, delay: float) -> None:
+        """The pause before a retry; the client's cancel ends it with ``RequestCancelled``."""
+        if ticket is None:
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(delay, _wake, waiter)
+        self._resting[ticket] = waiter
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._resting.pop(ticket, None)
 
     def _may_retry(self, method: str, params: Any, exc: BaseException, bad: bool, retried: int, deadline: float) -> bool:
         """Whether a call that failed with ``exc`` is sent again (see ``retry``), taking one
