@@ -675,3 +675,21 @@ def test_a_leader_whose_outcome_never_comes_is_given_up_after_the_flight_limit()
     assert hit is not None and hit.result == b'{"content":[]}'
     cache.outcome(None, _Ctx(), "tools/call", "web__work", route, Message(result=Raw(b'{"content":[1]}')), None, leader.note)
     assert cache.admit(None, _Ctx(), "tools/call", "web__work", route, params).result == b'{"content":[1]}'  # type: ignore[union-attr]
+
+
+async def test_a_hit_is_answered_while_the_backend_is_down() -> None:
+    # A hit is answered at the admission point: a backend killed since does not matter; a miss gets the 503.
+    child = Child([sys.executable, str(SERVERS / "counting_server.py"), "--port", "0"], "listening on")
+    try:
+        async with serving(config_text(child.url, 'tools = ["lookup"]')) as gw:
+            alice = await Caller(gw.port, ALICE).open()
+            first = await alice.call("web__lookup", {"q": "a"}, request_id=1)
+            child.proc.kill()
+            child.proc.wait()
+            hit = await alice.call("web__lookup", {"q": "a"}, request_id=2)
+            miss = await alice.call("web__lookup", {"q": "b"}, request_id=3)
+    finally:
+        child.stop()
+    assert first.json()["result"]["content"][0]["text"] == "a#1"
+    assert hit.json() == {**first.json(), "id": 2}
+    assert miss.status == 503 and miss.json()["error"]["code"] == -32054
