@@ -353,3 +353,31 @@ def test_response_bytes_are_what_encoding_a_message_gives(request_id: object, as
     assert response_bytes(request_id, value) == encode(Message(id=request_id, result=msgspec.Raw(body)))  # type: ignore[arg-type]
     error = b'{"code":-32601,"message":"nope"}'
     assert error_response_bytes(request_id, error) == encode(Message(id=request_id, error=msgspec.Raw(error)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b","arguments":{"x":[1,2]}}}',
+        b'{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{}}',
+        b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+    ],
+)
+def test_decode_call_is_decode_envelope_then_decode_params(body: bytes) -> None:
+    # The express lane decodes the envelope and the params' top level in one pass: the same as the two apart.
+    from gateway.protocol.jsonrpc import UNSET, decode_call, decode_envelope, decode_params
+
+    one, two = decode_call(body), decode_envelope(body)
+    assert (one.jsonrpc, one.id, one.method) == (two.jsonrpc, two.id, two.method)
+    expected = decode_params(two.params) if two.params is not UNSET else UNSET
+    got = one.params if one.params is UNSET else {k: bytes(v) for k, v in one.params.items()}
+    assert got == (expected if expected is UNSET else {k: bytes(v) for k, v in expected.items()})
+
+
+def test_decode_call_refuses_params_that_are_not_an_object() -> None:
+    import msgspec
+
+    from gateway.protocol.jsonrpc import decode_call
+
+    with pytest.raises(msgspec.ValidationError):
+        decode_call(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1]}')

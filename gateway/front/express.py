@@ -48,7 +48,7 @@ from gateway.errors import GatewayError, InternalError, error_body
 from gateway.front.answers import JSON_HEADERS, request_failed, send_error, translate
 from gateway.front.routing import Answered
 from gateway.front.streams import ClientStream
-from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_envelope, decode_params, encode, response_bytes
+from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_call, encode, response_bytes
 from gateway.protocol.versions import HANDSHAKE_VERSIONS
 from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES
@@ -98,11 +98,11 @@ class ExpressLane:
         if error is not None:
             return False  # the general path answers the refusal, or awaits the keys a PENDING needs
         try:
-            msg = decode_envelope(request.body)
-            if msg.method != "tools/call" or msg.id is UNSET or msg.params is UNSET or msg.jsonrpc != "2.0":
+            msg = decode_call(request.body)  # the envelope and the params' top level in one pass
+            params = msg.params
+            if msg.method != "tools/call" or msg.id is UNSET or params is UNSET or msg.jsonrpc != "2.0":
                 return False
-            params = decode_params(msg.params)  # type: ignore[arg-type]
-            name = _decode_name(params["name"])
+            name = _decode_name(params["name"])  # type: ignore[index]
             if "_meta" in params:
                 return False
             route = self.catalog.snapshot.router.resolve_tool(name)

@@ -17,8 +17,10 @@ from gateway.errors import InvalidRequest, ParseError
 
 __all__ = [
     "UNSET",
+    "CallMessage",
     "Message",
     "Raw",
+    "decode_call",
     "decode_message",
     "decode_any",
     "decode_params",
@@ -56,6 +58,20 @@ encode = _encoder.encode
 decode_envelope = _message_decoder.decode
 """The ``Message`` decoder itself: msgspec's errors and none of ``decode_message``'s checks, for a
 hot path that checks only what it needs and leaves every other case to ``decode_message``."""
+class CallMessage(msgspec.Struct):
+    """A ``Message`` whose ``params`` are decoded one level, ``{key: raw value}``, in the same pass as
+    the envelope: what the express lane reads (params that are not an object fail to decode)."""
+
+    jsonrpc: str = "2.0"
+    id: int | str | None | UnsetType = UNSET
+    method: str | UnsetType = UNSET
+    params: dict[str, Raw] | UnsetType = UNSET
+    result: Raw | UnsetType = UNSET
+    error: Raw | UnsetType = UNSET
+
+
+decode_call = msgspec.json.Decoder(CallMessage).decode
+"""``CallMessage``'s decoder: msgspec's errors only (a hot path's own checks follow)."""
 decode_params = msgspec.json.Decoder(dict[str, Raw]).decode
 """Params as ``{key: raw value}``: top-level keys decoded, every value kept as its bytes (renaming
 ``name`` or ``uri`` re-encodes the keys only, never the arguments)."""
