@@ -119,6 +119,23 @@ class RawResponse:
         return json.loads(self.body)
 
 
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A whole HTTP/1.1 response read to its end: status, headers (lower-case names) and the body,
+    de-chunked when it came chunked."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        chunks = b""
+        while body:
+            size, _, body = body.partition(b"\r\n")
+            length = int(size, 16)
+            chunks, body = chunks + body[:length], body[length + 2 :]
+        body = chunks
+    return status, headers, body
+
+
 def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse:
     """Send raw bytes, read one response (Content-Length framed), and note whether the server closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -31,7 +31,7 @@ from gateway.policy.admission import Admission, Verdict
 from gateway.policy.cache import CacheAdmission
 from gateway.policy.chain import Chain, build_admission
 from gateway.protocol.jsonrpc import Message, Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789ab"
@@ -118,10 +118,7 @@ class Response:
     """One HTTP response, read whole (each request asks the server to close after it)."""
 
     def __init__(self, raw: bytes) -> None:
-        head, _, body = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self.status, self.headers, body = split_response(raw)
         if self.headers.get("content-type", "").startswith("text/event-stream"):
             events = [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
             body = events[-1].encode() if events else b""

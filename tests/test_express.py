@@ -27,7 +27,7 @@ from gateway.config import BackendConfig, load_config_text
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
 from gateway.server.listener import Server
-from tests.support import in_process_gateway, Child, ScriptedHttp, handshake_answer
+from tests.support import in_process_gateway, Child, ScriptedHttp, handshake_answer, split_response
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -154,17 +154,7 @@ class Response:
     """One HTTP response, read whole (the request asked the server to close after it)."""
 
     def __init__(self, raw: bytes) -> None:
-        head, _, body = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status_code = int(lines[0].split()[1])
-        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if self.headers.get("transfer-encoding") == "chunked":
-            chunks = b""
-            while body:
-                size, _, body = body.partition(b"\r\n")
-                length = int(size, 16)
-                chunks, body = chunks + body[:length], body[length + 2 :]
-            body = chunks
+        self.status_code, self.headers, body = split_response(raw)
         self.text = body.decode()
 
 

@@ -30,7 +30,7 @@ from gateway.config import BreakerConfig, load_config_text
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -234,17 +234,7 @@ class Answer:
     """One HTTP response: status, headers, and the JSON-RPC message (from JSON or the last SSE event)."""
 
     def __init__(self, raw: bytes) -> None:
-        head, _, body = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if self.headers.get("transfer-encoding") == "chunked":
-            chunks = b""
-            while body:
-                size, _, body = body.partition(b"\r\n")
-                length = int(size, 16)
-                chunks, body = chunks + body[:length], body[length + 2 :]
-            body = chunks
+        self.status, self.headers, body = split_response(raw)
         text = body.decode()
         if self.headers.get("content-type", "").startswith("text/event-stream"):
             text = [line[6:] for line in text.splitlines() if line.startswith("data: ")][-1]
