@@ -500,3 +500,19 @@ async def in_process_gateway(config: Any, admission: Any = None) -> AsyncIterato
             await listener.shutdown()
     finally:
         await gateway.stop()
+
+
+async def post_closing(port: int, data: bytes, headers: dict[str, str], *, timeout: float = 30.0) -> bytes:
+    """One POST /mcp on a new connection that asks the server to close after it: the whole raw
+    response (parse it with ``split_response``). ``headers``: extra header lines (session, version, key)."""
+    head = (
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\naccept: application/json, text/event-stream\r\n"
+        f"content-type: application/json\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
+    )
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\n" + data)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()

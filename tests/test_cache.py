@@ -31,7 +31,7 @@ from gateway.policy.admission import Admission, Verdict
 from gateway.policy.cache import CacheAdmission
 from gateway.policy.chain import Chain, build_admission
 from gateway.protocol.jsonrpc import Message, Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response, post_closing
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789ab"
@@ -134,15 +134,7 @@ class Response:
 
 
 async def exchange(port: int, data: bytes, headers: dict[str, str]) -> Response:
-    head = f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\n"
-    head += f"connection: close\r\ncontent-length: {len(data)}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head.encode() + b"\r\n" + data)
-        return Response(await asyncio.wait_for(reader.read(), 20))
-    finally:
-        writer.close()
+    return Response(await post_closing(port, data, headers, timeout=20))
 
 
 class Caller:

@@ -27,7 +27,7 @@ from gateway.config import BackendConfig, load_config_text
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
 from gateway.server.listener import Server
-from tests.support import in_process_gateway, Child, ScriptedHttp, handshake_answer, split_response
+from tests.support import in_process_gateway, Child, ScriptedHttp, handshake_answer, split_response, post_closing
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -172,19 +172,10 @@ class McpHttp:
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     async def post(self, body: dict) -> Response:
-        data = json.dumps(body).encode()
-        head = (
-            f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\n"
-            f"mcp-protocol-version: 2025-11-25\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
-        )
+        headers = {"mcp-protocol-version": "2025-11-25"}
         if self.session:
-            head += f"mcp-session-id: {self.session}\r\n"
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            writer.write(head.encode() + b"\r\n" + data)
-            return Response(await asyncio.wait_for(reader.read(), 10))
-        finally:
-            writer.close()
+            headers["mcp-session-id"] = self.session
+        return Response(await post_closing(self.port, json.dumps(body).encode(), headers, timeout=10))
 
     async def call(self, request_id: Any = 1) -> Response:
         return await self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": "web__work", "arguments": {}}})

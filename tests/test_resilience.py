@@ -30,7 +30,7 @@ from gateway.config import BreakerConfig, load_config_text
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response
+from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response, post_closing
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -268,19 +268,10 @@ class McpClient:
         return self
 
     async def post(self, body: dict) -> Answer:
-        data = json.dumps(body).encode()
-        head = (
-            f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\n"
-            f"mcp-protocol-version: 2025-11-25\r\nconnection: close\r\ncontent-length: {len(data)}\r\n"
-        )
+        headers = {"mcp-protocol-version": "2025-11-25"}
         if self.session:
-            head += f"mcp-session-id: {self.session}\r\n"
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            writer.write(head.encode() + b"\r\n" + data)
-            return Answer(await asyncio.wait_for(reader.read(), 30))
-        finally:
-            writer.close()
+            headers["mcp-session-id"] = self.session
+        return Answer(await post_closing(self.port, json.dumps(body).encode(), headers, timeout=30))
 
     async def call(self, tool: str, arguments: dict | None = None, request_id: Any = 1) -> Answer:
         params = {"name": tool, "arguments": arguments or {}}
