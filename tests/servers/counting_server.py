@@ -26,16 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import socket
 
-import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
+from serving import serve, with_add_tool
 
 server = MCPServer("counting-test")
 runs: collections.Counter[str] = collections.Counter()
 gates: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
-_added = 0
 
 
 def _run(what: str) -> int:
@@ -83,19 +81,7 @@ async def slow(q: str, ctx: Context) -> str:
     return f"{q}#{_run(f'slow:{q}')}"
 
 
-@server.tool()
-async def add_tool(ctx: Context) -> str:
-    """Register one more tool and tell clients the list changed."""
-    global _added
-    _added += 1
-    name = f"extra_{_added}"
-
-    def extra() -> str:
-        return name
-
-    server.add_tool(extra, name=name, description="Added at run time.")
-    await ctx.request_context.session.send_tool_list_changed()
-    return name
+with_add_tool(server)
 
 
 @server.tool()
@@ -126,17 +112,8 @@ def greet(name: str) -> str:
     return f"Say hello to {name} (run {_run(f'greet:{name}')})."
 
 
-async def _serve(port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    await uvicorn.Server(config).serve(sockets=[sock])
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_serve(parser.parse_args().port))
+    asyncio.run(serve(server, parser.parse_args().port))

@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import collections
 import json
-import socket
 
 import anyio
-import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import SamplingMessage, TextContent, ToolAnnotations
+from serving import serve
 
 server = MCPServer("resilience-test")
 label = "?"
@@ -78,15 +77,6 @@ def stats() -> str:
     return json.dumps({"calls": dict(calls), "cancelled": cancelled, "label": label})
 
 
-async def _serve(port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    await uvicorn.Server(config).serve(sockets=[sock])
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -94,4 +84,4 @@ if __name__ == "__main__":
     parser.add_argument("--label", default="?")
     args = parser.parse_args()
     label = args.label
-    asyncio.run(_serve(args.port))
+    asyncio.run(serve(server, args.port))

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 
-import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from serving import serve, with_add_tool
 
 server = MCPServer("sdk-http-test")
-_added = 0
 
 
 @server.tool()
@@ -43,19 +41,7 @@ async def progress(steps: int, ctx: Context) -> str:
     return f"done {steps}"
 
 
-@server.tool()
-async def add_tool(ctx: Context) -> str:
-    """Register one more tool and tell clients the list changed."""
-    global _added
-    _added += 1
-    name = f"extra_{_added}"
-
-    def extra() -> str:
-        return name
-
-    server.add_tool(extra, name=name, description="Added at run time.")
-    await ctx.request_context.session.send_tool_list_changed()
-    return name
+with_add_tool(server)
 
 
 @server.resource("clock://epoch")
@@ -76,18 +62,6 @@ def greet(name: str) -> str:
     return f"Say hello to {name}."
 
 
-async def _serve(port: int, certfile: str | None = None, keyfile: str | None = None) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    config = uvicorn.Config(
-        server.streamable_http_app(), log_level="warning", lifespan="on", ssl_certfile=certfile, ssl_keyfile=keyfile
-    )
-    scheme = "https" if certfile else "http"
-    print(f"listening on {scheme}://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    await uvicorn.Server(config).serve(sockets=[sock])
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -95,4 +69,4 @@ if __name__ == "__main__":
     parser.add_argument("--certfile", help="PEM certificate chain: serve HTTPS")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.certfile, args.keyfile))
+    asyncio.run(serve(server, args.port, args.certfile, args.keyfile))
