@@ -43,7 +43,9 @@ class Counting(Admission):
         self.admitted.append((ctx.era, method, name))
         return self.verdict
 
-    def outcome(self, principal: Any, ctx: Any, method: str, name: str, route: Any, answer: Any, error: Any) -> None:
+    def outcome(
+        self, principal: Any, ctx: Any, method: str, name: str, route: Any, answer: Any, error: Any, note: Any = None
+    ) -> None:
         self.outcomes.append((method, name, error is None))
 
 

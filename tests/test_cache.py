@@ -596,7 +596,7 @@ class Noting(Admission):
         return self.verdict
 
     def outcome(self, *args: Any) -> None:
-        self.notes.append(args[7] if len(args) > 7 else "no note")
+        self.notes.append(args[7] if len(args) > 7 and args[7] is not None else "no note")
 
 
 class Waiting:

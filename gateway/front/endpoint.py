@@ -619,10 +619,7 @@ class McpFront:
         """``Admission.outcome`` of this request (with its note when admission left one)."""
         outcome = self.outcome
         assert outcome is not None
-        if note is None:
-            outcome(ctx.principal, ctx, msg.method, name, route, answer, error)  # type: ignore[arg-type]
-        else:
-            outcome(ctx.principal, ctx, msg.method, name, route, answer, error, note)  # type: ignore[arg-type]
+        outcome(ctx.principal, ctx, msg.method, name, route, answer, error, note)  # type: ignore[arg-type]
 
     # -- GET and DELETE ----------------------------------------------------------------------
 

@@ -134,10 +134,7 @@ class ExpressLane:
                     # A local answer (a cache hit), sent now: Routing.apply's work, inline (no exception raised).
                     outcome = self.front.outcome
                     if outcome is not None:
-                        if note is None:
-                            outcome(principal, ctx, "tools/call", name, None, None, None)
-                        else:
-                            outcome(principal, ctx, "tools/call", name, None, None, None, note)
+                        outcome(principal, ctx, "tools/call", name, None, None, None, note)
                     reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, result))  # type: ignore[arg-type]
                     return True
                 route = self.routing.apply(ctx, "tools/call", name, route, params, verdict)
@@ -241,10 +238,7 @@ class _Call:
         outcome = self.front.outcome
         if outcome is not None:
             ctx = self.session.context
-            if self.note is None:
-                outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error)  # type: ignore[arg-type]
-            else:
-                outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error, self.note)  # type: ignore[arg-type]
+            outcome(ctx.principal, ctx, msg.method, self.name, self.route, answer, error, self.note)  # type: ignore[arg-type]
         try:
             if stream is None and error is None and answer.result is not UNSET:  # type: ignore[union-attr]
                 # The common answer, inline: the result's bytes with the client's id.

@@ -171,10 +171,7 @@ class Forwarder:
             elif reply is not None:
                 reply.on_disconnect = None
         if self.admission.observes_outcomes:
-            if note is None:
-                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, None)  # type: ignore[arg-type]
-            else:
-                self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, None, note)  # type: ignore[arg-type]
+            self._outcome(msg, ctx, exposed, route, answer, None, note)
         if answer.result is not UNSET and era == ctx.era:
             body, status = response_bytes(msg.id, answer.result), 200  # type: ignore[arg-type]
         else:
@@ -191,11 +188,8 @@ class Forwarder:
         self, msg: Message, ctx: RequestContext, exposed: str, route: tuple[Backend, str],
         answer: Message | None, error: BaseException | None, note: Any,
     ) -> None:
-        """``Admission.outcome`` of this request (with its note when admission left one)."""
-        if note is None:
-            self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, error)  # type: ignore[arg-type]
-        else:
-            self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, error, note)  # type: ignore[arg-type]
+        """``Admission.outcome`` of this request, with the note admission left for it (or None)."""
+        self.admission.outcome(ctx.principal, ctx, msg.method, exposed, route, answer, error, note)  # type: ignore[arg-type]
 
     async def _call_for_stateless(
         self,

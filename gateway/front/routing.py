@@ -109,10 +109,7 @@ class Routing:
         admission = self.admission
         if verdict.error is not None or verdict.result is not None:
             if admission.observes_outcomes:
-                if verdict.note is None:
-                    admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error)
-                else:
-                    admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error, verdict.note)
+                admission.outcome(ctx.principal, ctx, method, name, None, None, verdict.error, verdict.note)
             if verdict.error is not None:
                 raise verdict.error
             raise Answered(verdict.result)

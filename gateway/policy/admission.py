@@ -29,8 +29,8 @@ a token exchange) happens off the request path. It returns:
 ``outcome`` is the companion hook that sees how each admitted request ended
 (the cache store, the limiter's byte debit, metrics and audit plug in there);
 it is called only when ``observes_outcomes`` is true, so the empty chain costs
-nothing per request, and its ``note`` is passed only when ``admit`` left one
-(so a policy that leaves none may leave the parameter out). ``page`` is the one
+nothing per request; its last argument, ``note``, is what ``admit`` left for
+that request (None when it left none). ``page`` is the one
 filter through which the catalog's list pages pass per principal (RBAC will
 answer a page of what the caller may see there). ``attach`` is called once
 with the catalog the front routes over, for a policy that reads it (tool
@@ -149,7 +149,7 @@ class Admission:
         is None for a request refused or answered by ``admit``; ``answer`` and ``error`` are
         both None for a local answer and for a stateless client's call the backend asked
         something (its ``input_required`` went out; the retry is admitted anew). ``note`` is
-        what ``admit`` left for this request (``Verdict.note``), passed only when there is one."""
+        what ``admit`` left for this request (``Verdict.note``), None when it left none."""
 
     def attach(self, catalog: Catalog) -> None:
         """Called once by the front with the catalog it routes over; the base needs nothing of it."""

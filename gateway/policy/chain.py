@@ -118,14 +118,10 @@ class Chain(Admission):
     ) -> None:
         if note is None:
             for admission in self.observers:
-                admission.outcome(principal, ctx, method, name, route, answer, error)
+                admission.outcome(principal, ctx, method, name, route, answer, error, None)
             return
         for admission in self.observers:
-            own = note.get(admission)
-            if own is None:
-                admission.outcome(principal, ctx, method, name, route, answer, error)
-            else:
-                admission.outcome(principal, ctx, method, name, route, answer, error, own)
+            admission.outcome(principal, ctx, method, name, route, answer, error, note.get(admission))
 
     def attach(self, catalog: Catalog) -> None:
         for admission in self.admissions:
