@@ -16,7 +16,7 @@ import os
 
 from gateway.backends import Backend, BackendState, create_backend
 from gateway._fast import prefix_uri
-from gateway.config import Config
+from gateway.config import BackendConfig, Config
 from gateway.catalog.aggregate import CHANGE_NOTIFICATIONS, Catalog
 from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
@@ -24,6 +24,8 @@ from gateway.front.sessions import Session, SessionStore
 from gateway.policy.admission import Admission
 from gateway.policy.chain import build_admission
 from gateway.server.api import Reply, Request
+from gateway.ops.killswitch import KillSwitch
+from gateway.ops.reload import BackendPlan, ReloadRefused, plan_reload
 
 if TYPE_CHECKING:
     from gateway.policy.auth import Authenticator
@@ -39,6 +41,28 @@ _CHANGED_NOTIFICATION = {
     "resources/list": "notifications/resources/list_changed",
     "resources/templates/list": "notifications/resources/list_changed",
 }
+
+
+def _authenticator_for(config: Config) -> Authenticator | None:
+    """The authenticator ``config`` asks for (``[auth]``, or mutual TLS alone), or None; a
+    ``ConfigError`` when a file it names cannot be used."""
+    mtls = config.server.tls_client_ca_file is not None
+    if config.auth is None and not mtls:
+        return None
+    from gateway.policy.auth import Authenticator  # the JWT stack, only when it is used (memory)
+
+    return Authenticator(config.auth, mtls=mtls, path=config.server.path)
+
+
+def _give_config(backend: Backend, config: BackendConfig) -> None:
+    """A kept backend's new config (it changed in ``SOFT_FIELDS`` only): on the backend and on
+    what it wraps (guards, replicas), which read it for names and shaping."""
+    backend.config = config
+    inner = getattr(backend, "inner", None)
+    if inner is not None:
+        _give_config(inner, config)
+    for replica in getattr(backend, "replicas", ()):
+        replica.backend.config = config
 
 
 def _worker_secret() -> bytes | None:
@@ -74,21 +98,24 @@ class Gateway:
             on_change=self._catalog_changed,
         )
         # Authentication ([auth], or mutual TLS alone): None when neither is configured.
-        mtls = config.server.tls_client_ca_file is not None
-        self.authenticator: Authenticator | None = None
-        if config.auth is not None or mtls:
-            from gateway.policy.auth import Authenticator  # the JWT stack, only when it is used (memory)
-
-            self.authenticator = Authenticator(config.auth, mtls=mtls, path=config.server.path)
+        self.authenticator = _authenticator_for(config)
+        # The kill switch outlives config snapshots: a reload applies the same one again.
+        self.kill_switch = KillSwitch()
+        self.draining = False
+        """True from SIGTERM on: readiness answers 503 while calls in flight finish."""
         self.front = McpFront(config, self.catalog, self.sessions, admission, self.authenticator)
         self.front.on_backend_notification = self._backend_notification
         # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retired: set[Backend] = set()  # backends a reload removed, still draining
         self._started = False
         for backend in self.backends.values():
-            backend.on_notification = self._backend_notification
-            backend.on_state_change = self._backend_state_changed
+            self._adopt(backend)
+
+    def _adopt(self, backend: Backend) -> None:
+        backend.on_notification = self._backend_notification
+        backend.on_state_change = self._backend_state_changed
 
     async def __call__(self, request: Request, reply: Reply) -> None:
         """The ``App`` contract: hand the request to the MCP front."""
@@ -101,6 +128,7 @@ class Gateway:
         await asyncio.gather(*(b.start() for b in self.backends.values()))
         self._started = True
         await self.catalog.refresh()
+        self.apply_kill_switch()
         self.sessions.start_sweeper()
         for backend in self.backends.values():
             if backend.state is not BackendState.READY:
@@ -121,6 +149,62 @@ class Gateway:
         if self.authenticator is not None:
             await self.authenticator.stop()
 
+    def apply_kill_switch(self) -> None:
+        """Make the kill switch's state effective now (lists, routing, the header gate)."""
+        self.kill_switch.apply(self.catalog, self.front.gate)
+
+    async def reload(self, config: Config) -> BackendPlan:
+        """Serve ``config`` from now on (``gateway.ops.reload``): ``ReloadRefused`` or
+        ``ConfigError`` (nothing changed then, the running config keeps serving), else what was
+        done to the backends. Kept backends keep their connections and sessions; new and
+        restarted ones are started *before* the swap, so no call meets one that is starting;
+        retired ones are drained (calls in flight get ``[server] shutdown_timeout``) and stopped."""
+        plan = plan_reload(self.config, config)
+        try:
+            admission = build_admission(config)
+        except ValueError as exc:
+            raise ReloadRefused(str(exc)) from None
+        authenticator = _authenticator_for(config) if config.auth != self.config.auth else self.authenticator
+        timeout = config.gateway.request_timeout
+        fresh = {name: create_backend(name, config.backends[name], default_timeout=timeout) for name in plan.restart + plan.start}
+        for backend in fresh.values():
+            self._adopt(backend)
+        await asyncio.gather(*(b.start() for b in fresh.values()))
+        retired = [self.backends[name] for name in plan.restart + plan.stop]
+        for name in plan.keep:
+            _give_config(self.backends[name], config.backends[name])
+        for name in plan.stop:
+            del self.backends[name]
+        self.backends.update(fresh)  # the same dict: every holder of it sees the new set
+        old_authenticator = self.authenticator
+        self.config = config
+        self.authenticator = authenticator
+        self.catalog.replace_backends(self.backends)
+        self.front.reconfigure(config, admission, authenticator)
+        self.apply_kill_switch()
+        if authenticator is not old_authenticator:
+            if authenticator is not None:
+                authenticator.start()
+            if old_authenticator is not None:
+                self._spawn(old_authenticator.stop())
+        if fresh or plan.keep:
+            self._spawn(self.catalog.refresh(list(fresh) + list(plan.keep)))
+        for backend in retired:
+            self._spawn(self._retire(backend, config.server.shutdown_timeout))
+        log.info("config reloaded: %d backends kept, %d restarted, %d started, %d stopped",
+                 len(plan.keep), len(plan.restart), len(plan.start), len(plan.stop))
+        return plan
+
+    async def _retire(self, backend: Backend, grace: float) -> None:
+        """A backend a reload removed or replaced: no new call reaches it (it left the routing
+        table); the calls in flight on it get ``grace`` seconds, then it is stopped."""
+        self._retired.add(backend)
+        try:
+            await asyncio.sleep(grace)
+        finally:  # also when the gateway stops first: it stops what it retired
+            self._retired.discard(backend)
+            await backend.stop()
+
     def status(self) -> list[tuple[str, str, str | None]]:
         """``(name, state, last_error)`` per backend, for the CLI and logs."""
         return [(b.name, b.state.value, b.last_error) for b in self.backends.values()]
@@ -128,6 +212,8 @@ class Gateway:
     # -- events from backends ----------------------------------------------------------------
 
     def _backend_notification(self, backend: Backend, session_key: str | None, msg: Message) -> None:
+        if self.backends.get(backend.name) is not backend:
+            return  # retired by a reload: what it says no longer concerns the catalog
         methods = CHANGE_NOTIFICATIONS.get(msg.method)  # type: ignore[arg-type]
         if methods is not None:
             # What was learnt from it (cached results) is dropped now, not when the new lists are in.
@@ -148,6 +234,8 @@ class Gateway:
         self.front.resource_updated(uri, Raw(encode(decoded)))
 
     def _backend_state_changed(self, backend: Backend) -> None:
+        if self.backends.get(backend.name) is not backend:
+            return  # retired by a reload (it is being stopped)
         log.info("backend %r is now %s%s", backend.name, backend.state.value,
                  f" ({backend.last_error})" if backend.last_error else "")
         if self._started:

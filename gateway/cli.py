@@ -18,6 +18,8 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -194,16 +196,83 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"backend {name}: {state}" + (f" ({error})" if error else ""))
     _exposure_warnings(config, port)
     shown = f"[{host}]" if ":" in host else host
+    reload = _reloader(gateway, args) if args.config else None
+    admin = await _start_admin(gateway, config, reload)
+    if admin is None and config.admin is not None:
+        await server.shutdown()
+        await gateway.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: gateway._spawn(_reload_quietly(reload)))
+    else:  # the demo has no file to read again: SIGHUP is logged, not fatal
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP: no --config file to reload"))
 
     def ready() -> None:
         print(f"mcp-gateway listening on {server.scheme}://{shown}:{port}{config.server.path}", flush=True)
 
+    def draining() -> None:
+        gateway.draining = True  # /readyz answers 503 from now on
+
     try:
-        await server.serve_until_signal(ready)
+        await server.serve_until_signal(ready, draining)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await gateway.stop()
+        if admin is not None:
+            await admin.shutdown()
         await _stop_demo(demo_proc)
     return 0
+
+
+async def _start_admin(gateway: Any, config: Config, reload: Any) -> Any:
+    """The admin listener of ``[admin]`` (None without one, or, after a one-line error, when it
+    cannot listen). With ``--workers``, worker i listens on ``[admin] port`` + i."""
+    if config.admin is None:
+        return None
+    from gateway.ops.admin import AdminApp
+    from gateway.server.listener import Server
+
+    admin = config.admin
+    port = admin.port + int(os.environ.get("MCP_GATEWAY_WORKER", "0")) if admin.port else 0
+    listener = msgspec.structs.replace(
+        config.server, host=admin.host, port=port, tls_cert_file=None, tls_key_file=None, tls_client_ca_file=None
+    )
+    server = Server(AdminApp(gateway, admin, reload), listener)
+    try:
+        host, bound = await server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {admin.host}:{port} for [admin]: {exc}", file=sys.stderr)
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    print(f"mcp-gateway admin on http://{shown}:{bound}", flush=True)
+    return server
+
+
+def _reloader(gateway: Any, args: argparse.Namespace) -> Callable[[], Any]:
+    """``reload()``: read ``--config`` again and apply it (one at a time); raises ``ConfigError`` or
+    ``ReloadRefused`` with the reason when it cannot, and the running config keeps serving."""
+    lock = asyncio.Lock()
+
+    async def reload() -> dict[str, Any]:
+        async with lock:
+            config = _overrides(load_config(args.config), args.host, args.port)
+            plan = await gateway.reload(config)
+            return {"backends": msgspec.to_builtins(plan)}
+
+    return reload
+
+
+async def _reload_quietly(reload: Callable[[], Any]) -> None:
+    """SIGHUP: reload, and say in one log line what happened (never a traceback for a bad file)."""
+    from gateway.ops.reload import ReloadRefused
+
+    try:
+        done = await reload()
+    except (ConfigError, ReloadRefused) as exc:
+        log.error("SIGHUP: reload refused, the running config is kept: %s", exc)
+    else:
+        log.info("SIGHUP: reloaded (%s)", done["backends"])
 
 
 def _exposure_warnings(config: Config, port: int) -> None:

@@ -33,7 +33,7 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
-    "BackendConfig", "BreakerConfig", "CacheConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig",
+    "AdminConfig", "BackendConfig", "BreakerConfig", "CacheConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig",
     "LimitConfig", "RootConfig", "ServerConfig", "ToolShapeConfig",
 ]
 
@@ -343,6 +343,10 @@ class BackendConfig(_Table):
     """Longest delay between restarts."""
     enabled: bool = True
     """Set false to keep a backend in the file but not run it."""
+    required: bool = False
+    """Readiness (``GET /readyz`` on the admin listener) waits for this backend: when any backend
+    is ``required``, the gateway is ready only while all of those are; otherwise while at least one
+    backend is."""
     ca_file: _Text | None = None
     """PEM CA bundle to verify an ``https://`` backend's certificate (default: the system trust
     store, which honours ``SSL_CERT_FILE``)."""
@@ -530,6 +534,27 @@ class LimitConfig(_Table):
         return self.bytes_burst if self.bytes_burst is not None else max(self.bytes_rate or 1.0, 1.0)
 
 
+class AdminConfig(_Table):
+    """``[admin]``: the admin listener, on its own port (nothing of it is reachable from the MCP
+    port): health and readiness, ``/metrics``, backends, sessions, cache, limits, the effective
+    config (secrets redacted), reload, and the kill switch. Every path but ``public_paths`` needs
+    the admin credential (``Authorization: Bearer ...``): ``token``, or a principal of ``[auth]``
+    with one of ``roles``; without it, 401."""
+
+    host: Annotated[str, Meta(pattern=_HOST)] = "127.0.0.1"
+    """Address the admin listener binds (loopback by default: keep it off public networks)."""
+    port: _Port = 9090
+    """Its TCP port; 0 picks a free one (printed at startup as ``mcp-gateway admin on ...``)."""
+    token: Annotated[str, Meta(min_length=16, pattern=_HEADER_VALUE)] | None = None
+    """The admin bearer token, usually ``"${ADMIN_TOKEN}"`` (at least 16 characters)."""
+    roles: list[_Text] = []
+    """Principals of ``[auth]`` (API keys, JWTs) with any of these roles are admins too."""
+    public_paths: list[Annotated[str, Meta(pattern=_PATH)]] = msgspec.field(
+        default_factory=lambda: ["/healthz", "/readyz"]
+    )
+    """Paths served without the credential (probes); add ``"/metrics"`` for an open scrape."""
+
+
 class Config(_Table):
     """The whole file."""
 
@@ -545,6 +570,8 @@ class Config(_Table):
     """Authorization rules; unset: every authenticated caller may call everything."""
     limits: list[LimitConfig] = []
     """Rate limits (``[[limits]]``), each applied to every call it matches."""
+    admin: AdminConfig | None = None
+    """The admin listener (``[admin]``); unset: none."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -565,7 +592,7 @@ from urllib.parse import urlsplit  # noqa: E402
 __all__ += ["describe", "load_config", "load_config_text", "stdio_problem", "url_problem"]
 
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = frozenset({"bearer_token", "headers", "env", "client_secret"})
+_SECRET_KEYS = frozenset({"bearer_token", "headers", "env", "client_secret", "token"})
 # Headers the HTTP backend writes itself; a static one would contradict or break the request.
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "content-type", "mcp-session-id", "mcp-protocol-version"}
@@ -1047,6 +1074,7 @@ def _validate(config: Config, where: _Where) -> None:
     headers the gateway writes itself, unique namespaces, passthrough's single backend."""
     _validate_auth(config, where)
     _validate_limits(config, where)
+    _validate_admin(config, where)
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
     if config.gateway.passthrough and len(enabled) != 1:
         raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
@@ -1138,6 +1166,19 @@ def _validate_traffic(path: tuple[str, str], backend: BackendConfig, where: _Whe
             if shape.alias != tool and other is not None and other.alias is None and not other.hide:
                 raise where.error((*tpath, "alias"), f"{shape.alias!r} is the name of another tool of this backend")
             aliases[shape.alias] = tool
+
+
+def _validate_admin(config: Config, where: _Where) -> None:
+    """``[admin]``: a credential to check, roles only with ``[auth]``, a port of its own."""
+    admin = config.admin
+    if admin is None:
+        return
+    if admin.token is None and not admin.roles:
+        raise where.error(("admin",), "needs a token or roles: the admin API must have a credential")
+    if admin.roles and config.auth is None:
+        raise where.error(("admin", "roles"), "needs [auth]: roles are read from authenticated principals")
+    if admin.port != 0 and admin.port == config.server.port:
+        raise where.error(("admin", "port"), f"{admin.port} is the MCP port too: the admin listener needs its own")
 
 
 def _validate_limits(config: Config, where: _Where) -> None:
@@ -1251,6 +1292,10 @@ def describe(config: Config) -> str:
         f"page size {g.page_size}, request timeout {g.request_timeout:g} s",
         f"backends: {len(config.backends)}",
     ]
+    if config.admin is not None:
+        a = config.admin
+        who = " or ".join(x for x in ("token ***" if a.token else "", f"roles {', '.join(a.roles)}" if a.roles else "") if x)
+        lines.insert(-1, f"admin: http://{a.host}:{a.port} (credential: {who}; public: {', '.join(a.public_paths) or 'none'})")
     for limit in config.limits:
         rates = []
         if limit.rate is not None:

@@ -16,11 +16,12 @@ The tree::
     ├── BackendTimeout      -32001    200  the backend did not answer in time (the SDKs' code)
     ├── SessionNotFound     -32050    404  unknown, expired or deleted Mcp-Session-Id
     ├── Unauthenticated     -32051    401  missing or invalid credentials
-    ├── Forbidden           -32052    403  origin not allowed, RBAC, kill switch
+    ├── Forbidden           -32052    403  origin not allowed, RBAC
     ├── RateLimited         -32053    429  a limit was hit
     ├── BackendUnavailable  -32054    503  backend down, restarting or its circuit open
     ├── RequestTooLarge     -32055    413  body above the configured limit
     ├── CircuitOpen         -32056    503  the backend's circuit breaker is open
+    ├── Disabled            -32057    403  the kill switch: a tool, backend or principal disabled
     ├── ResourceNotFound    -32002    200  unknown resource URI (handshake era)
     ├── HeaderMismatch      -32020    400  stateless era: routing header vs body
     ├── MissingClientCapability -32021 400 stateless era: capability not declared
@@ -44,6 +45,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "CircuitOpen",
+    "Disabled",
     "Forbidden",
     "GatewayError",
     "HeaderMismatch",
@@ -182,7 +184,7 @@ class Unauthenticated(GatewayError):
 
 
 class Forbidden(GatewayError):
-    """Not allowed: Origin not on the allow-list, RBAC or a kill switch."""
+    """Not allowed: Origin not on the allow-list, or RBAC (the kill switch is ``Disabled``)."""
 
     code = -32052
     http_status = 403
@@ -212,6 +214,15 @@ class CircuitOpen(GatewayError):
     code = -32056
     http_status = 503
     default_reason = "circuit_open"
+
+
+class Disabled(GatewayError):
+    """Disabled by an operator (the admin API's kill switch): a tool, a backend's items, or a
+    caller. Not listed, never sent upstream, until enabled again."""
+
+    code = -32057
+    http_status = 403
+    default_reason = "disabled"
 
 
 class RequestTooLarge(GatewayError):

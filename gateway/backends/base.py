@@ -201,6 +201,19 @@ class Backend(abc.ABC):
         # The backend's server/discover result when it speaks the stateless era.
         self.discover: dict[str, Any] | None = None
 
+    def describe(self) -> dict[str, Any]:
+        """What the admin API shows of this backend (``GET /admin/backends``): its state, last
+        error, transport, the eras it speaks and the protocol version it answered with."""
+        info = self.server_info or {}
+        return {
+            "state": self.state.value,
+            "last_error": self.last_error,
+            "transport": self.config.transport,
+            "eras": sorted(self.eras),
+            "protocol_version": info.get("protocolVersion"),
+            "server": info.get("serverInfo"),
+        }
+
     def era_for(self, client_era: str) -> str:
         """The era to use toward this backend for a client of ``client_era``:
         the client's own when the backend speaks it (no translation), else the other."""

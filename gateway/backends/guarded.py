@@ -189,6 +189,20 @@ class Guarded(Backend):
         """The inner backend's ``release``."""
         await self.inner.release(session_key)
 
+    def describe(self) -> dict[str, Any]:
+        """The inner backend's description, with the guards' state: calls in flight and queued
+        at the gate, the breaker's state and how often it opened."""
+        info = self.inner.describe()
+        gate = self.gate
+        if gate is not None:
+            info["in_flight"] = gate.inflight
+            info["queued"] = len(gate.waiters)
+            info["max_concurrency"] = gate.limit
+        breaker = self.breaker
+        if breaker is not None:
+            info["breaker"] = {"state": breaker.state, "opened": breaker.opened}
+        return info
+
     def local_answer(self, msg: Message) -> Raw | None:
         """The inner backend's ``local_answer``."""
         return self.inner.local_answer(msg)

@@ -302,6 +302,21 @@ class ReplicaSet(Backend):
             self._ended(replica, ticket, None)
             return answer
 
+    def describe(self) -> dict[str, Any]:
+        """The set's description, with each replica's URL, state, calls outstanding and whether it
+        is ejected now."""
+        info = super().describe()
+        now = self.clock()
+        info["replicas"] = [
+            {
+                "url": r.backend.url, "state": r.backend.state.value, "outstanding": r.outstanding,
+                "ejected": r.ejected_until > now, "last_error": r.backend.last_error,
+            }
+            for r in self.replicas
+        ]
+        info["in_flight"] = sum(r.outstanding for r in self.replicas)
+        return info
+
     def express_ready(self) -> bool:
         """Pick the replica (least outstanding, not ejected) and ask whether it can take the fast send."""
         replica = self._choose()

@@ -247,6 +247,10 @@ class Catalog:
         self._generation = 0
         # backend name -> the shaping of its tool list, compiled once from its config
         self._shaping = {name: ToolShaping(name, b.config) for name, b in backends.items()}
+        # The kill switch (set_disabled): exposed tool names and backend names left out of every
+        # list and of the routing table, so lists and calls agree from the same snapshot.
+        self.disabled_tools: frozenset[str] = frozenset()
+        self.disabled_backends: frozenset[str] = frozenset()
         # (Under passthrough the config refuses hiding and aliases: unlisted names reach the backend.)
         self.snapshot = self._build()
 
@@ -263,6 +267,48 @@ class Catalog:
             self.backend_changed(name)
         if changed and self.on_change is not None:
             self.on_change(changed)
+
+    def set_disabled(self, tools: Iterable[str], backends: Iterable[str]) -> None:
+        """The kill switch: rebuild now without these exposed tools and backends (they are neither
+        listed nor routed; ``disabled_reason`` explains a call to one), and announce the change."""
+        self.disabled_tools = frozenset(tools)
+        self.disabled_backends = frozenset(backends)
+        old = self.snapshot
+        self.snapshot = self._build()
+        changed = {m for m in LIST_METHODS if old.items.get(m) != self.snapshot.items.get(m)}
+        if changed and self.on_change is not None:
+            self.on_change(changed)
+
+    def replace_backends(self, backends: dict[str, Backend], rebuild: bool = True) -> None:
+        """A reload: serve ``backends`` from now on (kept ones with what was fetched of them, new
+        ones empty until ``refresh`` fetches them), with each one's shaping compiled anew."""
+        self.backends = backends
+        self._shaping = {name: ToolShaping(name, b.config) for name, b in backends.items()}
+        for gone in set(self._fetched) - set(backends):
+            del self._fetched[gone]
+            self._hints.pop(gone, None)
+        if rebuild:
+            old = self.snapshot
+            self.snapshot = self._build()
+            changed = {m for m in LIST_METHODS if old.items.get(m) != self.snapshot.items.get(m)}
+            if changed and self.on_change is not None:
+                self.on_change(changed)
+
+    def disabled_reason(self, kind: str, value: str) -> str | None:
+        """Why an exposed name the routing table does not know is refused by the kill switch (its
+        tool, or the backend it belongs to, is disabled); None when it is not."""
+        if kind == "tool" and value in self.disabled_tools:
+            return f"tool {value!r} is disabled"
+        for name in self.disabled_backends:
+            backend = self.backends.get(name)
+            if backend is None:
+                continue
+            if self.passthrough:
+                return f"backend {name!r} is disabled"
+            namespace = backend.config.namespace or name
+            if value.startswith(namespace + (self.separator if kind != "resource" else "+")):
+                return f"backend {name!r} is disabled"
+        return None
 
     def backend_changed(self, name: str) -> None:
         """Tell the ``on_backend_change`` hooks that backend ``name`` changed (its lists were fetched
@@ -323,7 +369,10 @@ class Catalog:
         upstream: dict[str, tuple[Any, frozenset[str]]] = {}
         taken_tools: set[str] = set()
         taken_prompts: set[str] = set()
+        disabled = self.disabled_tools
         for name in order:
+            if name in self.disabled_backends:
+                continue  # the kill switch: nothing of it listed or routed
             backend = self.backends[name]
             namespace = backend.config.namespace or name
             router.add_namespace(namespace, backend)
@@ -335,6 +384,8 @@ class Catalog:
                 continue
             for shaped in self._shaped_tools(name, fetched):
                 exposed = expose_name(namespace, shaped.name, self.separator, taken_tools)
+                if exposed in disabled:
+                    continue
                 router.add_tool(exposed, backend, shaped.original)
                 items["tools/list"].append({**shaped.item, "name": exposed})
                 if shaped.upstream_schema is not None or shaped.filled:
@@ -373,16 +424,21 @@ class Catalog:
         taken_prompts: set[str],
     ) -> None:
         for shaped in self._shaped_tools(backend.name, fetched):
-            router.add_tool(expose_name(namespace, shaped.name, self.separator, taken_tools), backend, shaped.original)
+            exposed = expose_name(namespace, shaped.name, self.separator, taken_tools)
+            if exposed not in self.disabled_tools:
+                router.add_tool(exposed, backend, shaped.original)
         for prompt in fetched.get("prompts/list", ()):
             name = str(prompt.get("name", ""))
             router.add_prompt(expose_name(namespace, name, self.separator, taken_prompts), backend, name)
 
     def _build_passthrough(self, name: str | None) -> CatalogSnapshot:
+        if name in self.disabled_backends:
+            name = None  # the kill switch: the only backend is off, nothing routes
         backend = self.backends[name] if name is not None else None
         router = Router(passthrough=backend)
         fetched = self._fetched.get(name, {}) if name is not None else {}
         tools = self._shaped_tools(name, fetched) if name is not None else []
+        tools = [shaped for shaped in tools if shaped.name not in self.disabled_tools]
         upstream: dict[str, tuple[Any, frozenset[str]]] = {}
         for shaped in tools:
             try:

@@ -184,6 +184,28 @@ class McpFront:
         # The common call answered in callbacks (gateway.front.express); None: the general path only.
         self.express: ExpressLane | None = ExpressLane(self) if config.gateway.express else None
 
+    def reconfigure(self, config: Config, admission: Admission | None, authenticator: Authenticator | None) -> None:
+        """A reload: serve with ``config``'s policies from the next request on (the sessions, the
+        open streams and the calls in flight are kept; a call in flight finishes as admitted).
+        The listener's own options (host, port, path, TLS) and the express switch are not
+        changed here: ``gateway.ops.reload`` refuses a reload that changes them."""
+        self.admission.detach(self.catalog)
+        self.config = config
+        self.authenticator = authenticator
+        self.gate = HeaderGate(config.server, authenticator)
+        self._metadata_paths = authenticator.metadata_paths if authenticator is not None else frozenset()
+        self.admission = admission if admission is not None else Admission()
+        self.routing = Routing(self.catalog, self.admission, config.gateway.passthrough)
+        self.admission.attach(self.catalog)
+        self.outcome = self.admission.outcome if self.admission.observes_outcomes else None
+        self.keepalive = config.server.sse_keepalive
+        forwarder = self.forwarder
+        forwarder.admission = self.admission
+        forwarder.keepalive = self.keepalive
+        forwarder.request_timeout = config.gateway.request_timeout
+        if self.express is not None:
+            self.express.rebind()
+
     @property
     def on_backend_notification(self) -> Callable[[Backend, str | None, Message], None] | None:
         """Sees every backend notification that arrives inside a response stream (set by the Gateway)."""

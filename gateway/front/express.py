@@ -77,6 +77,12 @@ class ExpressLane:
 
     def __init__(self, front: McpFront) -> None:
         self.front = front
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Take the front's current gate, routing and admission (again, after a reload): the lane
+        keeps them bound, one attribute read less per request."""
+        front = self.front
         self.path = front.path
         self.gate = front.gate
         self.sessions = front.sessions

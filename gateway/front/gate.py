@@ -33,7 +33,7 @@ from __future__ import annotations
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import Forbidden, GatewayError, InvalidRequest
+from gateway.errors import Disabled, Forbidden, GatewayError, InvalidRequest
 from gateway.policy.identity import PENDING
 
 if TYPE_CHECKING:
@@ -138,12 +138,14 @@ class HeaderGate:
 class AuthGate(HeaderGate):
     """The header gate with authentication (the module docstring)."""
 
-    __slots__ = ("authenticator", "_last_expires", "_generation")
+    __slots__ = ("authenticator", "_last_expires", "_generation", "blocked")
 
     def __init__(self, server: ServerConfig, authenticator: Authenticator | None = None) -> None:
         super().__init__(server)
         assert authenticator is not None
         self.authenticator = authenticator
+        self.blocked: frozenset[str] = frozenset()
+        """Subjects the kill switch disabled (``block``): refused 403 (-32057) on every request."""
         self._last_expires: float | None = None
         self._generation = authenticator.generation
 
@@ -174,7 +176,10 @@ class AuthGate(HeaderGate):
                     return _PENDING
                 if isinstance(result, GatewayError):
                     return (result, None)
-                verdict = (None, result)
+                if result.subject in self.blocked:  # decided once per header set: the cache keeps it
+                    verdict = (Disabled(f"principal {result.subject!r} is disabled by an operator"), None)
+                else:
+                    verdict = (None, result)
             verdicts = self._verdicts
             if len(verdicts) >= _MAX_AUTH_VERDICTS:
                 verdicts.pop(next(iter(verdicts)))
@@ -192,6 +197,11 @@ class AuthGate(HeaderGate):
         if verdict[0] is PENDING:  # the fetch did not end in time
             verdict = (self.authenticator.keys_late, None)
         return verdict
+
+    def block(self, subjects: frozenset[str]) -> None:
+        """The kill switch's disabled subjects, effective at once (the cached verdicts are dropped)."""
+        self.blocked = subjects
+        self._forget()
 
     def _forget(self) -> None:
         self._verdicts.clear()

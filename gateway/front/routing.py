@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.errors import InvalidParams, ResourceNotFound
+from gateway.errors import Disabled, InvalidParams, ResourceNotFound
 from gateway.policy.admission import Admission, Pending, Route, Verdict
 from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, decode_params, encode
 
@@ -85,7 +85,13 @@ class Routing:
         return route if route is not None else self.fallback(kind, value, ctx)
 
     def fallback(self, kind: str, value: str, ctx: RequestContext | None) -> Route:
-        """A name the routing table does not know: the passthrough backend's, or the unknown-name error."""
+        """A name the routing table does not know: the kill switch's refusal (-32057, 403) when it
+        is disabled, else the passthrough backend's, or the unknown-name error."""
+        catalog = self.catalog
+        if catalog.disabled_tools or catalog.disabled_backends:
+            reason = catalog.disabled_reason(kind, value)
+            if reason is not None:
+                raise Disabled(f"{reason} by an operator", data={"name" if kind != "resource" else "uri": value})
         if self.passthrough and self.catalog.backends:
             # Passthrough: the backend answers for names it did not list, as it would directly.
             return (next(iter(self.catalog.backends.values())), value)

@@ -3,7 +3,8 @@
 Each worker is a full ``mcp-gateway serve`` (its own backends, catalog and
 sessions) bound with SO_REUSEPORT, so the kernel spreads connections across
 them and nothing is shared on the hot path. The parent only supervises: it
-prints one address line when every worker listens, forwards SIGTERM/SIGINT,
+prints one address line when every worker listens, forwards SIGTERM/SIGINT
+and SIGHUP (reload),
 and starts a new worker if one dies unexpectedly.
 
 A client's connections may land on different workers, so session ids are
@@ -33,10 +34,10 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-async def _start_worker(argv: list[str]) -> tuple[asyncio.subprocess.Process, list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *argv, stdout=asyncio.subprocess.PIPE, env=os.environ.copy()
-    )
+async def _start_worker(argv: list[str], index: int) -> tuple[asyncio.subprocess.Process, list[str]]:
+    # The worker's index: in its access log lines, and its admin listener's port is [admin] port + index.
+    env = {**os.environ, "MCP_GATEWAY_WORKER": str(index)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *argv, stdout=asyncio.subprocess.PIPE, env=env)
     assert proc.stdout is not None
     lines: list[str] = []
     while True:
@@ -59,18 +60,29 @@ async def run_workers(
     reserve, port = _reserve_port(host, port)
     argv = [*serve_argv, "--host", host, "--port", str(port), "--reuse-port"]
     try:
-        started = await asyncio.gather(*(_start_worker(argv) for _ in range(count)))
+        started = await asyncio.gather(*(_start_worker(argv, i) for i in range(count)))
     finally:
         reserve.close()
     procs = [proc for proc, _ in started]
     for line in started[0][1][:-1]:
         print(line)
+    for _, lines in started[1:]:  # each worker's own admin listener
+        for line in lines:
+            if line.startswith("mcp-gateway admin on "):
+                print(line)
     shown = f"[{host}]" if ":" in host else host
     print(f"mcp-gateway listening on {scheme}://{shown}:{port}{path} ({count} workers)", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+
+    def reload_all() -> None:  # SIGHUP: every worker reloads its config
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_all)
     watchers = {asyncio.ensure_future(p.wait()): i for i, p in enumerate(procs)}
     stop_task = asyncio.ensure_future(stopping.wait())
     while not stopping.is_set():
@@ -82,7 +94,7 @@ async def run_workers(
             if stopping.is_set():
                 continue
             print(f"worker {index} exited with code {task.result()}; starting a new one", file=sys.stderr, flush=True)
-            procs[index], _ = await _start_worker(argv)
+            procs[index], _ = await _start_worker(argv, index)
             watchers[asyncio.ensure_future(procs[index].wait())] = index
     for proc in procs:
         if proc.returncode is None:

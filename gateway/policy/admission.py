@@ -154,6 +154,9 @@ class Admission:
     def attach(self, catalog: Catalog) -> None:
         """Called once by the front with the catalog it routes over; the base needs nothing of it."""
 
+    def detach(self, catalog: Catalog) -> None:
+        """Called once when a reload replaces this admission: undo what ``attach`` registered."""
+
     def page(self, principal: Any, ctx: Any, snapshot: CatalogSnapshot, method: str, cursor: str | None) -> bytes:
         """The list page this principal gets (``tools/list`` and the other list methods);
         the base gives every caller the whole catalog's page."""

@@ -222,6 +222,11 @@ class CacheAdmission(Admission):
         self.catalog = catalog
         catalog.on_backend_change.append(self.invalidate)
 
+    def detach(self, catalog: Catalog) -> None:
+        """A reload replaced this cache: it no longer hears of backend changes."""
+        if self.invalidate in catalog.on_backend_change:
+            catalog.on_backend_change.remove(self.invalidate)
+
     # -- admit ------------------------------------------------------------------------------
 
     def admit(

@@ -127,6 +127,10 @@ class Chain(Admission):
         for admission in self.admissions:
             admission.attach(catalog)
 
+    def detach(self, catalog: Catalog) -> None:
+        for admission in self.admissions:
+            admission.detach(catalog)
+
     def page(self, principal: Any, ctx: Any, snapshot: CatalogSnapshot, method: str, cursor: str | None) -> bytes:
         if self.filter is not None:
             return self.filter.page(principal, ctx, snapshot, method, cursor)

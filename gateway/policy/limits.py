@@ -157,10 +157,12 @@ class Dimension:
 class Limit:
     """One compiled ``[[limits]]`` entry: its globs, its key and its dimensions."""
 
-    __slots__ = ("name", "label", "match", "key_of", "calls", "bytes")
+    __slots__ = ("name", "label", "match", "key_of", "calls", "bytes", "refused")
 
     def __init__(self, config: LimitConfig, stores: StoreFactory = local_store) -> None:
         self.name = config.name
+        self.refused = 0
+        """Calls this limit refused (a refusal is counted once, by the limit it names)."""
         self.label = _sf_string(self.name)
         """The name as it appears in the ``RateLimit`` headers."""
         parts = [fnmatch.translate(glob) for glob in config.tools]
@@ -242,6 +244,21 @@ class LimitsAdmission(Admission):
         self._plans_get = self.plans.get
         self._interned: dict[tuple[Limit, ...], Plan] = {}
 
+    def state(self) -> list[dict[str, Any]]:
+        """Each limit's refusals and buckets in use (``GET /admin/limits``), in config order."""
+        out = []
+        for limit in self.limits:
+            entry: dict[str, Any] = {"name": limit.name, "refused": limit.refused}
+            for dimension in (limit.calls, limit.bytes):
+                if dimension is not None:
+                    store = dimension.store
+                    entry[dimension.kind] = {
+                        "rate": dimension.rate, "burst": dimension.burst,
+                        "buckets": len(store) if hasattr(store, "__len__") else None,
+                    }
+            out.append(entry)
+        return out
+
     def plan(self, name: str) -> Plan | None:
         """The limits calls of ``name`` are subject to (None: none); matched by glob once per name."""
         plan = self._plans_get(name)
@@ -312,6 +329,7 @@ class LimitsAdmission(Admission):
         if wait <= 0.0:  # only a store that disagrees with itself gets here: refuse as it said
             wait = 1.0
         key = worst.limit.key_of(values)
+        worst.limit.refused += 1
         tokens = worst.store.peek(key, now, worst.rate, worst.burst)
         error = _refusal(worst, wait, tokens, size)
         if log.isEnabledFor(logging.DEBUG):

@@ -148,10 +148,13 @@ class Server:
         if self._stopped is not None:
             self._stopped.set()
 
-    async def serve_until_signal(self, on_ready: Callable[[], None] | None = None) -> None:
+    async def serve_until_signal(
+        self, on_ready: Callable[[], None] | None = None, on_signal: Callable[[], None] | None = None
+    ) -> None:
         """Serve until SIGTERM or SIGINT, then shut down gracefully. ``on_ready`` runs once the
         signal handlers are in place (the CLI prints its "listening" line there, so a SIGTERM
-        sent as soon as that line is read is a clean shutdown, not a kill)."""
+        sent as soon as that line is read is a clean shutdown, not a kill); ``on_signal`` runs
+        when the signal arrives, before the shutdown starts (readiness turns 503 there)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,6 +163,8 @@ class Server:
             if on_ready is not None:
                 on_ready()
             await stop.wait()
+            if on_signal is not None:
+                on_signal()
             log.info("signal received: shutting down (up to %.0f s for requests in flight)", self.config.shutdown_timeout)
             await self.shutdown()
         finally:
