@@ -372,3 +372,34 @@ async def test_reload_under_load_fails_no_request(tmp_path: pathlib.Path) -> Non
         child.stop()
     assert not failures, failures[:3]
     assert answered[0] >= 80
+
+
+# -- drain -------------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_readiness_503_in_flight_finish_exit_0(tmp_path: pathlib.Path) -> None:
+    child, _ = start(tmp_path, admin_table() + sdk_backend("local"))
+    try:
+        client = KeyClient(child.port, None)
+        assert (await client.open()).status_code == 200
+        slow = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "local__slow", "arguments": {"seconds": 1.5}}}
+        call = asyncio.create_task(client.post(slow))
+
+        async def in_flight() -> bool:
+            _, _, body = await call_admin(child, "GET", "/admin/sessions")
+            return any(s["in_flight"] for s in body["sessions"])
+
+        await eventually(in_flight, message="the slow call never reached the gateway")
+        child.proc.send_signal(signal.SIGTERM)
+
+        async def draining() -> bool:
+            return (await call_admin(child, "GET", "/readyz", token=None))[0] == 503
+
+        await eventually(draining, message="readiness did not turn 503 on SIGTERM")
+        with pytest.raises(OSError):  # new connections are refused while the call in flight finishes
+            await asyncio.open_connection("127.0.0.1", child.port)
+        answer = await asyncio.wait_for(call, 30)
+        assert answer.status_code == 200 and "slept 1.5" in answer.text
+        assert child.proc.wait(30) == 0
+    finally:
+        child.stop()

@@ -137,9 +137,11 @@ class Chain(Admission):
         return super().page(principal, ctx, snapshot, method, cursor)
 
 
-def build_admission(config: Config) -> Admission | None:
-    """The admission chain ``config`` asks for: None when it asks for no policy."""
-    admissions: list[Admission] = []
+def build_admission(config: Config, first: Admission | None = None) -> Admission | None:
+    """The admission chain ``config`` asks for: None when it asks for no policy. ``first``: a
+    policy put before all the others (the observer, ``gateway.ops.observe``: it sees every
+    request, the ones the others refuse or answer included)."""
+    admissions: list[Admission] = [first] if first is not None else []
     if config.rbac is not None:
         from gateway.policy.rbac import RbacAdmission  # only when asked for: nothing more is loaded without it
 

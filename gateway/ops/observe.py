@@ -1,0 +1,182 @@
+"""The observer: metrics, the audit log and the access log, fed by the admission point.
+
+``Observer`` is the first policy of the admission chain (``build_admission``), so it
+sees every routed request once, in every era and on both paths: its ``admit``
+leaves a note (when the request started, and its params), and its ``outcome`` sees
+how the request ended, refusals by the later policies (RBAC, limits) and local
+answers (cache hits) included. Per request it does little: a clock read and a
+small note in ``admit``; in ``outcome`` plain counter increments (``Metrics.request``),
+one dict put on the audit queue (``AuditLog.submit``; the writer task serialises,
+chains and writes it) and one access-log line when that log is on. It never raises
+into the request path.
+
+An outcome is one word (``OUTCOMES``): ``ok``; ``error`` (the backend answered a
+JSON-RPC error, or the gateway failed); ``refused`` (RBAC, the kill switch,
+credentials); ``limited`` (a rate limit); ``cached`` (answered by admission);
+``timeout``; ``unavailable`` (down, overloaded, circuit open); ``cancelled``;
+``pending`` (a stateless client was asked for input; its retry is a new request).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.backends.base import RequestCancelled
+from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen, GatewayError, RateLimited, RequestTooLarge
+from gateway.policy.admission import Admission, Route, Verdict
+from gateway.protocol.jsonrpc import UNSET
+
+if TYPE_CHECKING:
+    from gateway.protocol.jsonrpc import Message, Raw
+
+__all__ = ["OUTCOMES", "Observer", "outcome_of"]
+
+access_log = logging.getLogger("gateway.access")
+
+OUTCOMES = ("ok", "error", "refused", "limited", "cached", "timeout", "unavailable", "cancelled", "pending")
+"""Every value of the ``outcome`` label and audit field."""
+
+_BY_ERROR: dict[type, str] = {
+    RateLimited: "limited",
+    RequestTooLarge: "limited",
+    BackendTimeout: "timeout",
+    BackendUnavailable: "unavailable",
+    CircuitOpen: "unavailable",
+}
+
+
+def outcome_of(route: Route | None, answer: Message | None, error: BaseException | None) -> str:
+    """The outcome word of one admitted request (see the module docstring)."""
+    if error is not None:
+        found = _BY_ERROR.get(type(error))
+        if found is not None:
+            return found
+        if isinstance(error, GatewayError):
+            return "refused" if 400 <= error.http_status < 500 and error.http_status not in (408, 413) else "error"
+        return "cancelled" if isinstance(error, RequestCancelled) else "error"
+    if answer is None:
+        return "cached" if route is None else "pending"
+    return "ok" if answer.error is UNSET else "error"
+
+
+class Observer(Admission):
+    """Sees every routed request's start and end (the module docstring).
+
+    ``metrics``: a ``gateway.ops.metrics.Metrics`` (or None); ``audit``: a
+    ``gateway.ops.audit.AuditLog`` (or None); ``access``: write one access-log line per
+    request (``gateway.access``, INFO); ``trace_of``: the trace id of a request's context
+    (tracing, when it is on), else None."""
+
+    observes_outcomes = True
+
+    def __init__(
+        self,
+        metrics: Any = None,
+        audit: Any = None,
+        access: bool = False,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        trace_of: Callable[[Any], str | None] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.audit = audit
+        self.access = access
+        self.clock = clock
+        self.trace_of = trace_of
+        self.worker = os.environ.get("MCP_GATEWAY_WORKER")
+        self._next = 0
+
+    def admit(
+        self, principal: Any, ctx: Any, method: str, name: str, route: Route, params: dict[str, Raw]
+    ) -> Verdict | None:
+        if self.metrics is not None:
+            self.metrics.inc_in_flight()
+        return Verdict(note=(self.clock(), params))
+
+    def outcome(
+        self,
+        principal: Any,
+        ctx: Any,
+        method: str,
+        name: str,
+        route: Route | None,
+        answer: Message | None,
+        error: BaseException | None,
+        note: Any = None,
+    ) -> None:
+        try:
+            self._observe(principal, ctx, method, name, route, answer, error, note)
+        except Exception:  # an observer's bug must not fail a request that was answered
+            logging.getLogger("gateway.observe").exception("observing a request failed")
+
+    def _observe(
+        self, principal: Any, ctx: Any, method: str, name: str, route: Route | None, answer: Message | None,
+        error: BaseException | None, note: Any,
+    ) -> None:
+        started, params = note if note is not None else (None, None)
+        seconds = self.clock() - started if started is not None else 0.0
+        backend = route[0].name if route is not None else ""
+        outcome = outcome_of(route, answer, error)
+        metrics = self.metrics
+        if metrics is not None:
+            if started is not None:
+                metrics.dec_in_flight()
+            metrics.request(method, backend, outcome, name if method == "tools/call" else "", seconds)
+        if self.audit is not None:
+            self._audit(principal, ctx, method, name, backend, answer, error, outcome, seconds, params)
+        if self.access:
+            self._access(principal, method, name, backend, outcome, error, seconds)
+
+    def _audit(
+        self, principal: Any, ctx: Any, method: str, name: str, backend: str, answer: Message | None,
+        error: BaseException | None, outcome: str, seconds: float, params: dict[str, Raw] | None,
+    ) -> None:
+        self._next += 1
+        record: dict[str, Any] = {
+            "time": time.time(),
+            "request": f"{self.worker}-{self._next}" if self.worker else self._next,
+            "trace": self.trace_of(ctx) if self.trace_of is not None else None,
+            "principal": _who(principal, ctx),
+            "session": ctx.session_key,
+            "era": ctx.era,
+            "method": method,
+            "name": name,
+            "backend": backend or None,
+            "decision": "deny" if outcome in ("refused", "limited") else "allow",
+            "outcome": outcome,
+            "latency_ms": round(seconds * 1000.0, 3),
+            "bytes_in": sum(map(len, params.values())) if params else 0,
+            "bytes_out": len(answer.result) if answer is not None and answer.result is not UNSET else 0,
+        }
+        if error is not None:
+            record["code"] = getattr(error, "code", None)
+            extra = getattr(error, "extra", None) or {}
+            record["rule"] = extra.get("rule") or extra.get("limit") or getattr(error, "reason", type(error).__name__)
+        if params is not None and "arguments" in params:
+            record["arguments"] = params["arguments"]  # raw bytes: the writer digests (or redacts) them
+        self.audit.submit(record)
+
+    def _access(
+        self, principal: Any, method: str, name: str, backend: str, outcome: str, error: BaseException | None, seconds: float
+    ) -> None:
+        who = f"{principal.issuer}/{principal.subject}" if principal is not None else "-"
+        status = getattr(error, "http_status", 200) if error is not None else 200
+        access_log.info(
+            "%s %s %s backend=%s status=%s outcome=%s %.2fms",
+            who, method, name, backend or "-", status, outcome, seconds * 1000.0,
+            extra={"principal": who, "method": method, "name": name, "backend": backend or None, "status": status,
+                   "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3), "worker": self.worker},
+        )
+
+
+def _who(principal: Any, ctx: Any) -> dict[str, Any] | None:
+    """The caller as the audit names it: issuer, subject and the client's own name."""
+    client = getattr(ctx, "client_info", None)
+    client_name = client.get("name") if isinstance(client, dict) else None
+    if principal is None:
+        return {"issuer": None, "subject": None, "client": client_name}
+    return {"issuer": principal.issuer, "subject": principal.subject, "client": client_name}
