@@ -10,7 +10,9 @@ import asyncio
 import hashlib
 import json
 import pathlib
+import shutil
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -117,7 +119,6 @@ async def test_admin_role_of_an_auth_principal_is_an_admin_credential(tmp_path: 
 
 def test_admin_config_mistakes_are_one_line_errors() -> None:
     for text, key in (
-        ("[admin]\nport = 9100\n", "'admin'"),
         ('[admin]\nroles = ["admin"]\n', "'admin.roles'"),
         (f'[admin]\nport = 8080\ntoken = "{TOKEN}"\n', "'admin.port'"),
         ('[admin]\ntoken = "short"\n', "'admin.token'"),
@@ -403,3 +404,42 @@ async def test_sigterm_drains_readiness_503_in_flight_finish_exit_0(tmp_path: pa
         assert child.proc.wait(30) == 0
     finally:
         child.stop()
+
+
+# -- the container -----------------------------------------------------------------------------
+
+DOCKER = pathlib.Path(__file__).resolve().parent.parent / "docker"
+
+
+def test_container_health_check_probes_the_admin_listener(tmp_path: pathlib.Path) -> None:
+    """The Dockerfile's HEALTHCHECK command against a gateway run with the image's own config
+    (on free ports): 0 while it serves, 1 once it is gone."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    line = next(line for line in dockerfile.splitlines() if line.strip().startswith('CMD ["mcp-gateway", "probe"'))
+    argv = json.loads(line.strip()[len("CMD "):])
+    text = (DOCKER / "gateway.toml").read_text().replace('host = "0.0.0.0"', 'host = "127.0.0.1"').replace("port = 9090", "port = 0")
+    config = load_config_text(text, fmt="toml")
+    assert "/metrics" in config.admin.public_paths and config.admin.token is None
+    child, _ = start(tmp_path, text)
+    _, port = admin_url(child)
+    probe = [sys.executable, "-m", "gateway", *argv[1:-1], argv[-1].replace(":9090", f":{port}")]
+    try:
+        assert subprocess.run(probe, timeout=30).returncode == 0
+        # The admin API proper needs a credential the default config does not set.
+        assert subprocess.run([*probe[:-1], f"http://127.0.0.1:{port}/admin/backends"], timeout=30).returncode == 1
+    finally:
+        assert child.stop() == 0
+    assert subprocess.run(probe, timeout=30, capture_output=True).returncode == 1
+
+
+def test_node_variant_and_compose_file_scrape_the_admin_listener() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "FROM gateway AS node" in dockerfile and "nodejs npm" in dockerfile and "pip install --no-cache-dir uv" in dockerfile
+    compose = (DOCKER / "compose.yaml").read_text()
+    assert "prom/prometheus" in compose and "target: node" in compose
+    prometheus = DOCKER / "prometheus.yml"
+    assert 'targets: ["gateway:9090"]' in prometheus.read_text()
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # Debian's prometheus package (.ci/run installs it): a real check of the file
+        checked = subprocess.run([promtool, "check", "config", str(prometheus)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

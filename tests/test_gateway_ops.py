@@ -211,14 +211,7 @@ def test_module_entry_point_version() -> None:
     assert out.returncode == 0 and out.stdout.startswith("mcp-gateway ")
 
 
-def test_docker_healthcheck_command_works(gw: Child) -> None:
-    """The Dockerfile's HEALTHCHECK command, pointed at a running gateway, exits 0."""
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    line = next(l for l in dockerfile.splitlines() if l.strip().startswith("CMD [\"python\""))
-    argv = json.loads(line.strip()[len("CMD ") :])
-    argv = [a.replace("127.0.0.1:8080", f"127.0.0.1:{gw.port}") for a in argv]
-    argv[0] = sys.executable
-    assert subprocess.run(argv, timeout=10).returncode == 0
+def test_healthz_on_the_mcp_port_lists_backend_states(gw: Child) -> None:
     health = json.loads(raw_exchange(gw.port, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode()).body)
     assert health == {"status": "ok", "backends": {"local": "ready", "web": "ready", "everything": "ready"}}
 
