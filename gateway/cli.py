@@ -3,6 +3,8 @@
     mcp-gateway serve [--config FILE] [--host HOST] [--port PORT] [--workers N]
     mcp-gateway check FILE
     mcp-gateway stdio [--config FILE]
+    mcp-gateway audit verify LOG [--key-env NAME]
+    mcp-gateway probe [URL]
 
 ``FILE`` is a TOML config or a Claude/Cursor style ``mcp.json``. ``serve`` with
 no config runs the bundled demo. ``--port 0`` picks a free port; the address
@@ -50,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     stdio = sub.add_parser("stdio", help="serve one client over stdin/stdout (the bundled demo when no --config)")
     stdio.add_argument("--config", "-c", metavar="FILE", help="TOML config or mcp.json")
     stdio.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    probe = sub.add_parser("probe", help="GET a health URL: exit 0 on 200, else 1 (a container's health check)")
+    probe.add_argument("url", nargs="?", default="http://127.0.0.1:9090/healthz", help="default: the admin listener's /healthz")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    audit = sub.add_parser("audit", help="work with the [audit] log").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check an audit log's hash chain (with its rotated files LOG.N ... LOG.1)")
+    verify.add_argument("logs", nargs="+", metavar="LOG", help="the [audit] path")
+    verify.add_argument(
+        "--key-env", default="MCP_GATEWAY_AUDIT_KEY", metavar="NAME",
+        help="environment variable holding the HMAC key (default MCP_GATEWAY_AUDIT_KEY; unset: no key)",
+    )
     return parser
 
 
@@ -58,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "probe":
+        return _probe(args.url, args.timeout)
+    if args.command == "audit":
+        return _audit_verify(args.logs, args.key_env)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -100,6 +116,40 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is out of range (0..65535)")
     return port
+
+
+def _audit_verify(logs: list[str], key_env: str) -> int:
+    """``audit verify``: one line, ``ok: N records, chain intact`` (0), the first problem (1), or
+    why the log cannot be checked (2: unreadable, or not an audit log)."""
+    from os import environ
+
+    from gateway.ops.audit import verify
+
+    key = environ.get(key_env)
+    result = verify(logs, key.encode("utf-8") if key else None)
+    if result.exit_code == 2:
+        print(f"error: {result.message}", file=sys.stderr)
+    else:
+        print(result.message)
+    return result.exit_code
+
+
+def _probe(url: str, timeout: float) -> int:
+    """``probe``: 0 when ``url`` answers 200, else 1, with one line saying what it got."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - an operator's own URL
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"probe: {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"probe: {url}: HTTP {status}", file=sys.stderr)
+    return 0 if status == 200 else 1
 
 
 def _check(path: str) -> int:

@@ -33,8 +33,8 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
-    "AdminConfig", "BackendConfig", "BreakerConfig", "CacheConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig",
-    "LimitConfig", "RootConfig", "ServerConfig", "ToolShapeConfig",
+    "AdminConfig", "AuditConfig", "BackendConfig", "BreakerConfig", "CacheConfig", "Config", "ConfigError", "CredentialConfig", "GatewayConfig",
+    "LimitConfig", "MetricsConfig", "RootConfig", "TracingConfig", "ServerConfig", "ToolShapeConfig",
 ]
 
 
@@ -539,7 +539,7 @@ class AdminConfig(_Table):
     port): health and readiness, ``/metrics``, backends, sessions, cache, limits, the effective
     config (secrets redacted), reload, and the kill switch. Every path but ``public_paths`` needs
     the admin credential (``Authorization: Bearer ...``): ``token``, or a principal of ``[auth]``
-    with one of ``roles``; without it, 401."""
+    with one of ``roles``; without it, 401 (with neither set, only ``public_paths`` are served)."""
 
     host: Annotated[str, Meta(pattern=_HOST)] = "127.0.0.1"
     """Address the admin listener binds (loopback by default: keep it off public networks)."""
@@ -553,6 +553,75 @@ class AdminConfig(_Table):
         default_factory=lambda: ["/healthz", "/readyz"]
     )
     """Paths served without the credential (probes); add ``"/metrics"`` for an open scrape."""
+
+
+class AuditConfig(_Table):
+    """``[audit]``: a tamper-evident audit log (``gateway.ops.audit``): one JSON object per line,
+    each carrying ``seq``, the ``prev`` record's hash and its own ``hash`` (HMAC-SHA256 under
+    ``key``, or SHA-256 without one), so an edited, deleted, reordered or cut record is found by
+    ``mcp-gateway audit verify PATH``. Records are queued by the request path and written in
+    batches by a task; a restart continues the file's chain."""
+
+    path: Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]
+    """The JSON-lines file (appended to, created with mode 0600); ``"-"`` writes to stdout."""
+    key: Annotated[str, Meta(min_length=16, pattern=_NO_NUL)] | None = None
+    """The HMAC-SHA256 key (its UTF-8 bytes, at least 16 characters), usually ``"${AUDIT_KEY}"``:
+    without the key nobody can rewrite the chain to hide an edit. Unset: plain SHA-256, which
+    finds accidents but not a careful forger."""
+    on_full: Literal["block", "drop"] = "block"
+    """When ``queue_size`` records wait: ``block`` writes them in the caller (nothing is lost,
+    the request waits for the disk); ``drop`` drops the record, counts it and logs a warning (at
+    most once a second), and the log gets a ``dropped`` record saying how many."""
+    queue_size: _Count = 10_000
+    """Records that may wait for the writer."""
+    fsync: Literal["every", "interval", "never"] = "interval"
+    """``every``: fsync after each batch; ``interval``: at most every ``fsync_interval`` seconds;
+    ``never``: leave it to the OS."""
+    fsync_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    """Seconds between fsyncs with ``fsync = "interval"``."""
+    max_bytes: _Count | None = None
+    """Rotate when the file reaches this size: it becomes ``PATH.1`` (older ones ``PATH.2``...,
+    all kept) and the chain goes on in a new ``PATH``. Unset: never rotate."""
+    redact: list[Annotated[str, Meta(min_length=1, pattern=_NO_NUL)]] = []
+    """Argument names (at any depth) whose values are recorded as ``"***"``, and left out of the digest."""
+    arguments: Literal["digest", "full"] = "digest"
+    """How a call's arguments are recorded: ``digest``, the SHA-256 of their canonical JSON
+    (``arguments_sha256``); ``full``, the arguments themselves, ``redact`` applied."""
+
+
+class MetricsConfig(_Table):
+    """``[metrics]``: Prometheus metrics (``gateway.ops.metrics``), served at the admin listener's
+    ``/metrics``. The table turns them on; without it ``/metrics`` answers 404."""
+
+    tool_labels: Annotated[int, Meta(ge=0, le=10_000)] = 200
+    """Most distinct ``tool`` label values on ``mcp_gateway_requests_total``; calls to tools past
+    that are counted under ``tool="other"`` (bounded cardinality). 0: no tool label values."""
+    buckets: list[Annotated[float, Meta(gt=0)]] = msgspec.field(
+        default_factory=lambda: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    """Upper bounds, in seconds, of the latency histogram's buckets (increasing)."""
+
+
+class TracingConfig(_Table):
+    """``[tracing]``: W3C trace context (``gateway.ops.tracing``). The table turns it on: a
+    client's ``traceparent``/``tracestate`` (header, or ``params._meta``) is continued, or a new
+    trace started, and passed on to the backend (HTTP header and ``params._meta``); with
+    ``otlp_endpoint`` set, one span per routed request is exported (OTLP/HTTP, JSON)."""
+
+    otlp_endpoint: _Text | None = None
+    """The OTLP/HTTP traces URL, e.g. ``http://collector:4318/v1/traces``; unset: trace ids are
+    propagated (and audited) but no span is exported."""
+    headers: dict[str, _HeaderValue] = {}
+    """Headers sent with each export (an API key, usually ``"${OTLP_TOKEN}"``)."""
+    service_name: _Text = "mcp-gateway"
+    """The ``service.name`` resource attribute of exported spans."""
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    """Share of new traces (started by the gateway) that are sampled; a client's ``traceparent``
+    keeps its own sampled flag."""
+    export_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    """Seconds between two exports of the finished spans."""
+    max_queue: _Count = 10_000
+    """Finished spans that may wait for export; past it, spans are dropped (counted)."""
 
 
 class Config(_Table):
@@ -572,6 +641,12 @@ class Config(_Table):
     """Rate limits (``[[limits]]``), each applied to every call it matches."""
     admin: AdminConfig | None = None
     """The admin listener (``[admin]``); unset: none."""
+    audit: AuditConfig | None = None
+    """The tamper-evident audit log (``[audit]``); unset: none."""
+    metrics: MetricsConfig | None = None
+    """Prometheus metrics (``[metrics]``); unset: none."""
+    tracing: TracingConfig | None = None
+    """W3C trace context and OTLP span export (``[tracing]``); unset: none."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -592,7 +667,7 @@ from urllib.parse import urlsplit  # noqa: E402
 __all__ += ["describe", "load_config", "load_config_text", "stdio_problem", "url_problem"]
 
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = frozenset({"bearer_token", "headers", "env", "client_secret", "token"})
+_SECRET_KEYS = frozenset({"bearer_token", "headers", "env", "client_secret", "token", "key"})
 # Headers the HTTP backend writes itself; a static one would contradict or break the request.
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "content-type", "mcp-session-id", "mcp-protocol-version"}
@@ -1075,6 +1150,8 @@ def _validate(config: Config, where: _Where) -> None:
     _validate_auth(config, where)
     _validate_limits(config, where)
     _validate_admin(config, where)
+    _validate_audit(config, where)
+    _validate_observability(config, where)
     enabled = {name: b for name, b in config.backends.items() if b.enabled}
     if config.gateway.passthrough and len(enabled) != 1:
         raise where.error(("gateway", "passthrough"), f"needs exactly one enabled backend, found {len(enabled)}")
@@ -1169,16 +1246,40 @@ def _validate_traffic(path: tuple[str, str], backend: BackendConfig, where: _Whe
 
 
 def _validate_admin(config: Config, where: _Where) -> None:
-    """``[admin]``: a credential to check, roles only with ``[auth]``, a port of its own."""
+    """``[admin]``: roles only with ``[auth]``, a port of its own. (Without ``token`` or ``roles``
+    only ``public_paths`` are served: a probes-and-metrics listener.)"""
     admin = config.admin
     if admin is None:
         return
-    if admin.token is None and not admin.roles:
-        raise where.error(("admin",), "needs a token or roles: the admin API must have a credential")
     if admin.roles and config.auth is None:
         raise where.error(("admin", "roles"), "needs [auth]: roles are read from authenticated principals")
     if admin.port != 0 and admin.port == config.server.port:
         raise where.error(("admin", "port"), f"{admin.port} is the MCP port too: the admin listener needs its own")
+
+
+def _validate_audit(config: Config, where: _Where) -> None:
+    """``[audit]``: options that only mean something with others."""
+    audit = config.audit
+    if audit is None:
+        return
+    if audit.fsync_interval != 1.0 and audit.fsync != "interval":  # the default: set only with "interval"
+        raise where.error(("audit", "fsync_interval"), f"is for fsync = \"interval\"; this log has fsync = {audit.fsync!r}")
+    if audit.path == "-" and audit.max_bytes is not None:
+        raise where.error(("audit", "max_bytes"), "cannot rotate stdout (path = \"-\")")
+
+
+def _validate_observability(config: Config, where: _Where) -> None:
+    """``[metrics]`` buckets in increasing order; ``[tracing] otlp_endpoint`` an HTTP URL."""
+    metrics = config.metrics
+    if metrics is not None:
+        buckets = metrics.buckets
+        if not buckets or any(a >= b for a, b in zip(buckets, buckets[1:])):
+            raise where.error(("metrics", "buckets"), "must be one or more bounds in increasing order")
+    tracing = config.tracing
+    if tracing is not None and tracing.otlp_endpoint is not None:
+        problem = url_problem(tracing.otlp_endpoint)
+        if problem is not None:
+            raise where.error(("tracing", "otlp_endpoint"), problem)
 
 
 def _validate_limits(config: Config, where: _Where) -> None:
@@ -1304,6 +1405,8 @@ def describe(config: Config) -> str:
             rates.append(f"{limit.bytes_rate:g} B/s burst {limit.bytes_capacity:g} B")
         per = ", ".join(limit.key) if limit.key else "everyone together"
         lines.insert(-1, f"limit {limit.name!r}: {' and '.join(rates)} per {per}, tools {', '.join(limit.tools)}")
+    if config.audit is not None:
+        lines.insert(-1, _describe_audit(config.audit))
     for name, b in config.backends.items():
         if b.command is None:
             target = " ".join(b.url_list)
@@ -1332,6 +1435,19 @@ def describe(config: Config) -> str:
         if traffic:
             lines.append(f"    {traffic}")
     return "\n".join(lines)
+
+
+def _describe_audit(a: AuditConfig) -> str:
+    """One line of ``[audit]``, the key redacted."""
+    where = "stdout" if a.path == "-" else a.path
+    chain = "HMAC-SHA256 (key ***)" if a.key is not None else "SHA-256 (no key)"
+    sync = f"every {a.fsync_interval:g} s" if a.fsync == "interval" else a.fsync
+    rotate = f", rotate at {a.max_bytes} B" if a.max_bytes is not None else ""
+    redact = f", redact {', '.join(a.redact)}" if a.redact else ""
+    return (
+        f"audit: {where}, chain {chain}, fsync {sync}{rotate}, queue {a.queue_size} ({a.on_full} when full), "
+        f"arguments {a.arguments}{redact}"
+    )
 
 
 def _describe_traffic(b: BackendConfig) -> str:
