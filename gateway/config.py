@@ -593,11 +593,11 @@ class MetricsConfig(_Table):
     """``[metrics]``: Prometheus metrics (``gateway.ops.metrics``), served at the admin listener's
     ``/metrics``. The table turns them on; without it ``/metrics`` answers 404."""
 
-    tool_labels: Annotated[int, Meta(ge=0, le=10_000)] = 200
+    tool_labels: Annotated[int, Meta(ge=0, le=10_000)] = 100
     """Most distinct ``tool`` label values on ``mcp_gateway_requests_total``; calls to tools past
-    that are counted under ``tool="other"`` (bounded cardinality). 0: no tool label values."""
+    that are counted under ``tool="_other"`` (bounded cardinality). 0: all under ``_other``."""
     buckets: list[Annotated[float, Meta(gt=0)]] = msgspec.field(
-        default_factory=lambda: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        default_factory=lambda: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
     )
     """Upper bounds, in seconds, of the latency histogram's buckets (increasing)."""
 
