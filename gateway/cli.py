@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=_port, help="port to listen on, 0 for any free one (overrides the config)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="plain", choices=["plain", "json"],
+                       help="log lines as text (default) or one JSON object each (the access log's fields too)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config file and print what would run")
@@ -74,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return _probe(args.url, args.timeout)
     if args.command == "audit":
         return _audit_verify(args.logs, args.key_env)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from gateway.ops.logformat import configure
+
+    configure(args.log_level, getattr(args, "log_format", "plain"))
     from gateway.server.listener import install_uvloop
 
     install_uvloop()
@@ -98,7 +100,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    argv = ["serve", "--log-level", args.log_level] + (["--config", args.config] if args.config else [])
+    argv = ["serve", "--log-level", args.log_level, "--log-format", args.log_format]
+    argv += ["--config", args.config] if args.config else []
     server = config.server
     scheme = "https" if server.tls_cert_file is not None else "http"
     try:
@@ -219,6 +222,7 @@ async def _stop_demo(demo_proc: Any) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway
+    from gateway.ops.audit import AuditError
     from gateway.server.listener import Server
 
     loaded = await _load(args, print)
@@ -232,7 +236,13 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         await _stop_demo(demo_proc)
         return 2
-    await gateway.start()
+    try:
+        await gateway.start()
+    except AuditError as exc:
+        await gateway.stop()
+        await _stop_demo(demo_proc)
+        print(f"error: [audit]: {exc}", file=sys.stderr)  # last: the line an operator reads
+        return 2
     _tune_gc()
     # The front is the App itself (not the Gateway wrapper): one coroutine level less per request.
     server = Server(gateway.front, config.server)

@@ -116,6 +116,9 @@ class ServerConfig(_Table):
     """Seconds after which an unused front session expires (then 404)."""
     sse_keepalive: _Seconds = 15.0
     """Seconds between SSE keep-alive comments on idle GET streams."""
+    access_log: bool = False
+    """One log line per routed request (logger ``gateway.access``: principal, method, name,
+    backend, status, outcome, latency); ``--log-format json`` makes each a JSON object."""
     tls_cert_file: _Text | None = None
     """PEM certificate chain: with ``tls_key_file``, the listener serves HTTPS (HTTP/1.1, ALPN ``http/1.1``)."""
     tls_key_file: _Text | None = None
@@ -1273,8 +1276,8 @@ def _validate_observability(config: Config, where: _Where) -> None:
     metrics = config.metrics
     if metrics is not None:
         buckets = metrics.buckets
-        if not buckets or any(a >= b for a, b in zip(buckets, buckets[1:])):
-            raise where.error(("metrics", "buckets"), "must be one or more bounds in increasing order")
+        if not buckets or any(not a < b for a, b in zip(buckets, [*buckets[1:], math.inf])):
+            raise where.error(("metrics", "buckets"), "must be one or more finite bounds in increasing order")
     tracing = config.tracing
     if tracing is not None and tracing.otlp_endpoint is not None:
         problem = url_problem(tracing.otlp_endpoint)

@@ -314,6 +314,8 @@ class StdioBackend(Backend):
         self._stopping = False
         self._delay = config.restart_initial_delay
         self._restart_task: asyncio.Task[None] | None = None
+        self.restarts = 0
+        """Times the shared process was started again after it died or failed to start."""
         self._spawn_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
@@ -365,8 +367,13 @@ class StdioBackend(Backend):
         if old is not None:
             await old.stop()
         self._restart_task = None
+        self.restarts += 1
         self.log.info("%s: restarting (after %.1f s)", self.name, delay)
         await self._start_shared()
+
+    def describe(self) -> dict[str, Any]:
+        """The base description, with how often the process was restarted (``restarts``)."""
+        return {**super().describe(), "restarts": self.restarts}
 
     async def stop(self) -> None:
         """Stop every process (stdin closed, then SIGTERM, then SIGKILL). Idempotent."""

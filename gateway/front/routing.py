@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTED", "Answered", "Routing", "params_raw", "params_with"]
 
+_METHOD_OF = {"tool": "tools/call", "prompt": "prompts/get", "resource": "resources/read"}
+"""The routed method of each kind of name (what a refusal before admission is reported as)."""
+
 ROUTED: dict[str, tuple[str, str]] = {
     "tools/call": ("name", "tool"),
     "prompts/get": ("name", "prompt"),
@@ -91,7 +94,11 @@ class Routing:
         if catalog.disabled_tools or catalog.disabled_backends:
             reason = catalog.disabled_reason(kind, value)
             if reason is not None:
-                raise Disabled(f"{reason} by an operator", data={"name" if kind != "resource" else "uri": value})
+                error = Disabled(f"{reason} by an operator", data={"name" if kind != "resource" else "uri": value})
+                if ctx is not None and self.admission.observes_outcomes:
+                    # Refused before admission: the observer (metrics, audit) still sees the decision.
+                    self.admission.outcome(ctx.principal, ctx, _METHOD_OF[kind], value, None, None, error, None)
+                raise error
         if self.passthrough and self.catalog.backends:
             # Passthrough: the backend answers for names it did not list, as it would directly.
             return (next(iter(self.catalog.backends.values())), value)

@@ -146,7 +146,9 @@ class AdminApp:
         metrics = getattr(self.gateway, "metrics", None)
         if metrics is None:
             return 404, {"error": "metrics are not enabled"}
-        return 200, (metrics.CONTENT_TYPE, metrics.render())
+        from gateway.ops.metrics import CONTENT_TYPE  # loaded already: metrics are on
+
+        return 200, (CONTENT_TYPE, metrics.render())
 
     # -- state ---------------------------------------------------------------------------------
 

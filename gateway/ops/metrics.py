@@ -188,6 +188,9 @@ class Metrics(Collector):
     bound for ``method``, ``backend``, ``limit`` and ``reason``; ``buckets``: the latency
     histogram's upper bounds in seconds, increasing (+Inf follows)."""
 
+    CONTENT_TYPE = CONTENT_TYPE
+    """The content type of ``render()``'s bytes (the module's ``CONTENT_TYPE``)."""
+
     __slots__ = (
         "version", "registry", "buckets", "_le", "in_flight", "cache_hits", "cache_misses", "cache_evictions", "audit_drops",
         "_requests", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
@@ -200,7 +203,7 @@ class Metrics(Collector):
     ) -> None:
         self.version = version
         self.buckets = tuple(float(b) for b in buckets)
-        if not self.buckets or any(a >= b for a, b in zip(self.buckets, self.buckets[1:])):
+        if not self.buckets or any(not a < b for a, b in zip(self.buckets, self.buckets[1:] + (math.inf,))):
             raise ValueError(f"buckets must be one or more increasing bounds, got {self.buckets}")
         self._le = tuple(floatToGoString(b) for b in self.buckets) + ("+Inf",)  # formatted once
         self.in_flight = 0
@@ -386,7 +389,7 @@ class Metrics(Collector):
     def _backend_families(self) -> Iterator[Metric]:
         rows: dict[str, BackendSample] = {}
         for name, fn in list(self._backend_sources.items()):
-            read = self._read(name, lambda fn=fn: [_backend_sample(row) for row in fn()])
+            read = self._read(name, lambda fn=fn: [_backend_sample(row) for row in fn()], rows=True)
             for sample in read or ():
                 rows[sample.backend] = sample
         up = GaugeMetricFamily(PREFIX + "backend_up", "1 when the backend is ready, else 0.", labels=["backend"])
@@ -408,14 +411,18 @@ class Metrics(Collector):
             family.add_metric([value], n)
         yield family
 
-    def _read(self, name: str, fn: Callable[[], object]) -> object | None:
-        """``fn()`` checked (a number, or for a backend source its rows), or None when it failed:
-        counted, and logged on the source's first failure."""
+    def _read(self, name: str, fn: Callable[[], object], *, rows: bool = False) -> object | None:
+        """``fn()`` checked (a number; with ``rows``, a backend source's list of rows), or None
+        when it failed: counted, and logged on the source's first failure."""
         try:
             value = fn()
-            if isinstance(value, list):
+            if rows:
+                if not isinstance(value, list):
+                    raise TypeError(f"a backend source returned {type(value).__name__}, not rows")
                 return value
-            number = float(value)  # type: ignore[arg-type]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"the source returned {type(value).__name__}, not a number")
+            number = float(value)
             if math.isnan(number):
                 raise ValueError("NaN")
             return number

@@ -95,7 +95,7 @@ class Observer(Admission):
     ) -> Verdict | None:
         if self.metrics is not None:
             self.metrics.inc_in_flight()
-        return Verdict(note=(self.clock(), params))
+        return Verdict(note=(self.clock(), params, route))
 
     def outcome(
         self,
@@ -117,15 +117,19 @@ class Observer(Admission):
         self, principal: Any, ctx: Any, method: str, name: str, route: Route | None, answer: Message | None,
         error: BaseException | None, note: Any,
     ) -> None:
-        started, params = note if note is not None else (None, None)
+        started, params, admitted = note if note is not None else (None, None, None)
         seconds = self.clock() - started if started is not None else 0.0
-        backend = route[0].name if route is not None else ""
+        # The backend the call was routed to, refused or answered locally as it may be since.
+        chosen = route if route is not None else admitted
+        backend = chosen[0].name if chosen is not None else ""
         outcome = outcome_of(route, answer, error)
         metrics = self.metrics
         if metrics is not None:
             if started is not None:
                 metrics.dec_in_flight()
             metrics.request(method, backend, outcome, name if method == "tools/call" else "", seconds)
+            if outcome == "limited" and error is not None:
+                metrics.limiter_refused((getattr(error, "extra", None) or {}).get("limit") or type(error).__name__)
         if self.audit is not None:
             self._audit(principal, ctx, method, name, backend, answer, error, outcome, seconds, params)
         if self.access:
@@ -168,8 +172,8 @@ class Observer(Admission):
         access_log.info(
             "%s %s %s backend=%s status=%s outcome=%s %.2fms",
             who, method, name, backend or "-", status, outcome, seconds * 1000.0,
-            extra={"principal": who, "method": method, "name": name, "backend": backend or None, "status": status,
-                   "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3), "worker": self.worker},
+            extra={"fields": {"principal": who, "method": method, "name": name, "backend": backend or None, "status": status,
+                   "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3)}},
         )
 
 
