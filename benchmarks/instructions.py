@@ -14,6 +14,7 @@ instructions per request and the gateway/floor ratio::
     python -m benchmarks.instructions --scenarios call,call_limited --targets gateway   # a [[limits]] that never refuses
     python -m benchmarks.instructions --scenarios call,call_cached  # every call a cache hit, against the floor proxy's forwarding
     python -m benchmarks.instructions --scenarios call,call_shaped,call_guarded --targets gateway   # defaults; the backend guards
+    python -m benchmarks.instructions --scenarios call,call_metrics,call_observed --targets gateway   # [metrics]; and [audit]
     python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
 
 Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
@@ -39,7 +40,10 @@ from typing import Any
 from benchmarks.auth_setup import auth_setup, rbac_rules
 from benchmarks.run import ROOT, Child, body_for, output_folder
 
-SCENARIOS = ("call", "call_stateless", "call_rbac", "call_auth", "call_limited", "call_cached", "call_shaped", "call_guarded")
+SCENARIOS = (
+    "call", "call_stateless", "call_rbac", "call_auth", "call_limited", "call_cached", "call_shaped", "call_guarded",
+    "call_metrics", "call_observed",
+)
 # call_limited: one bucket per caller and tool that never runs dry, so every call pays a take.
 LIMIT_NEVER_REFUSING = '[[limits]]\nname = "bench"\nkey = ["principal", "tool"]\nrate = 1e9\nburst = 1e9\n'
 # call_cached: the call scenario with the backend's tool cached, so every call after the first is a hit
@@ -47,6 +51,10 @@ LIMIT_NEVER_REFUSING = '[[limits]]\nname = "bench"\nkey = ["principal", "tool"]\
 CACHE_ECHO = '[backends.floor.cache]\ntools = ["echo"]\nttl = 3600\n'
 # call_shaped: the echo tool with a default argument, so every call's arguments are rewritten in admission.
 SHAPE_ECHO = '[backends.floor.tools.echo]\ndefaults = { lang = "en" }\n'
+# call_metrics: [metrics] on (the observer's counters on every call); call_observed: metrics and a
+# keyed audit log (a record per call, its writer task, the chain's HMAC-SHA256).
+METRICS = "[metrics]\n"
+OBSERVED = '[metrics]\n[audit]\npath = "{path}"\nkey = "bench-audit-key-0123456789abcdef"\n'
 # call_guarded: every per-backend guard on, none ever refusing: the gate, the retry budget, the breaker.
 GUARDS = 'max_concurrency = 1000\nmax_queue = 100\nretries = 1\n[backends.floor.breaker]\n'
 
@@ -130,6 +138,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     config.write_text(config.read_text() + SHAPE_ECHO)
                 elif scenario == "call_guarded":  # the call scenario through the gate, the retry budget and the breaker
                     config.write_text(config.read_text() + GUARDS)
+                elif scenario == "call_metrics":  # the call scenario with metrics on
+                    config.write_text(config.read_text() + METRICS)
+                elif scenario == "call_observed":  # the call scenario with metrics and the audit log on
+                    config.write_text(config.read_text() + OBSERVED.format(path=workdir / "audit.jsonl"))
                 elif scenario == "call_auth":  # a JWT (verified once, then remembered) and 20 RBAC rules
                     text, authorization = auth_setup(workdir)
                     config.write_text(config.read_text() + text)

@@ -453,4 +453,5 @@ def test_the_readmes_toml_examples_load() -> None:
     blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) >= 2
     for block in blocks:
-        load_config_text(block, fmt="toml", env={"DOCS_TOKEN": "t", "ADMIN_TOKEN": "an-admin-token-0123"})
+        env = {"DOCS_TOKEN": "t", "ADMIN_TOKEN": "an-admin-token-0123", "AUDIT_KEY": "an-audit-key-0123456789"}
+        load_config_text(block, fmt="toml", env=env)

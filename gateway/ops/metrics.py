@@ -179,6 +179,20 @@ class _Histogram:
         return out
 
 
+_MAX_RAW_KEYS = 100_000  # raw label sets remembered for the one-lookup path
+
+
+class _Series:
+    """One label set of ``mcp_gateway_requests_total``: its count, and the histogram of its
+    backend (shared by every series of that backend)."""
+
+    __slots__ = ("count", "histogram")
+
+    def __init__(self, histogram: _Histogram) -> None:
+        self.count = 0
+        self.histogram = histogram
+
+
 class Metrics(Collector):
     """The gateway's metrics (see the module docstring): counted on the hot path, read from
     sources and turned into Prometheus families at scrape time.
@@ -193,7 +207,7 @@ class Metrics(Collector):
 
     __slots__ = (
         "version", "registry", "buckets", "_le", "in_flight", "cache_hits", "cache_misses", "cache_evictions", "audit_drops",
-        "_requests", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
+        "_requests", "_series", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
         "_gauge_sources", "_counter_sources", "_backend_sources", "_source_errors", "_warned_outcome",
     )
 
@@ -211,7 +225,10 @@ class Metrics(Collector):
         self.cache_misses = 0
         self.cache_evictions = 0
         self.audit_drops = 0
-        self._requests: dict[tuple[str, str, str, str], int] = {}
+        self._requests: dict[tuple[str, str, str, str], _Series] = {}
+        """The series by their bounded labels (what a scrape shows)."""
+        self._series: dict[tuple[str, str, str, str], _Series] = {}
+        """The same series by the labels as given (what the request path looks up)."""
         self._durations: dict[str, _Histogram] = {}
         self._limiter: dict[str, int] = {}
         self._auth: dict[str, int] = {}
@@ -236,17 +253,13 @@ class Metrics(Collector):
         observe its duration in ``backend``'s histogram. ``tool`` is the tool's name for
         ``tools/call``, else ``""``; ``backend`` is ``""`` when none was chosen (a refusal, a
         local answer); ``outcome`` is one of ``OUTCOMES``."""
-        key = (method, backend, outcome, tool)
-        counts = self._requests
-        n = counts.get(key)
-        if n is None:  # first sight of this label set, or one past a bound: normalise it
-            key = self._request_key(method, backend, outcome, tool)
-            n = counts.get(key, 0)
-        counts[key] = n + 1
-        histogram = self._durations.get(backend)
-        if histogram is None:
-            histogram = self._histogram(backend)
-        # _Histogram.observe, inlined: a method call would cost as much as the rest of it
+        # One dict lookup per request: the label set's series holds its count and its backend's
+        # histogram (a 4-tuple hashes its cached string hashes; no second lookup to store).
+        series = self._series.get((method, backend, outcome, tool))
+        if series is None:  # first sight of this label set, or one past a bound: normalise it
+            series = self._new_series(method, backend, outcome, tool)
+        series.count += 1
+        histogram = series.histogram
         histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
         histogram.sum += seconds
 
@@ -292,6 +305,17 @@ class Metrics(Collector):
     def audit_dropped(self, n: int = 1) -> None:
         """The audit queue was full and ``n`` records were dropped (``mcp_gateway_audit_dropped_total``)."""
         self.audit_drops += n
+
+    def _new_series(self, method: str, backend: str, outcome: str, tool: str) -> _Series:
+        """The series of a label set seen for the first time: its bounded labels' series (shared
+        with every label set that maps to the same), remembered under the raw labels too."""
+        key = self._request_key(method, backend, outcome, tool)
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests[key] = _Series(self._histogram(key[1]))
+        if len(self._series) < _MAX_RAW_KEYS:  # past it, unbounded raw labels take this slow path
+            self._series[(method, backend, outcome, tool)] = series
+        return series
 
     def _request_key(self, method: str, backend: str, outcome: str, tool: str) -> tuple[str, str, str, str]:
         """The label set a request is counted under, every label within its bound."""
@@ -357,8 +381,8 @@ class Metrics(Collector):
         # copies: a dict copy is atomic, so a scrape from another thread cannot see one change size
         requests = CounterMetricFamily(PREFIX + "requests", "Routed requests, by how they ended.",
                                        labels=["method", "backend", "outcome", "tool"])
-        for labels, n in self._requests.copy().items():
-            requests.add_metric(labels, n)
+        for labels, series in self._requests.copy().items():
+            requests.add_metric(labels, series.count)
         yield requests
         durations = HistogramMetricFamily(PREFIX + "request_duration_seconds",
                                           "Routed requests' durations, by backend.", labels=["backend"])
