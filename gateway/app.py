@@ -10,7 +10,7 @@ aggregate is announced to clients on their GET streams.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 import logging
 import os
 
@@ -22,10 +22,12 @@ from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
 from gateway.front.sessions import Session, SessionStore
 from gateway.policy.admission import Admission
-from gateway.policy.chain import build_admission
+from gateway.policy.chain import Chain, build_admission
 from gateway.server.api import Reply, Request
 from gateway.ops.killswitch import KillSwitch
 from gateway.ops.reload import BackendPlan, ReloadRefused, plan_reload
+from gateway.ops.tracing import tracer_for
+from gateway.ops.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from gateway.policy.auth import Authenticator
@@ -65,10 +67,26 @@ def _give_config(backend: Backend, config: BackendConfig) -> None:
         replica.backend.config = config
 
 
+def _observed(admission: Admission | None, observer: Admission | None) -> Admission | None:
+    """``admission`` with ``observer`` first (it must see every request, refused ones too)."""
+    if observer is None:
+        return admission
+    if admission is None:
+        return observer
+    inner = admission.admissions if isinstance(admission, Chain) else [admission]
+    return Chain([observer, *inner])
+
+
 def _worker_secret() -> bytes | None:
     """The session-signing key shared by ``--workers`` processes (set by the parent), if any."""
     value = os.environ.get("MCP_GATEWAY_SESSION_SECRET")
     return value.encode() if value else None
+
+
+def _trace_id(ctx: Any) -> str | None:
+    """The trace id of a request's context (tracing, ``[tracing]``), or None."""
+    trace = getattr(ctx, "trace", None)
+    return getattr(trace, "trace_id", None) if trace is not None else None
 
 
 class Gateway:
@@ -78,8 +96,10 @@ class Gateway:
         """``admission``: the admission chain every routed request passes (default: the one
         ``config`` asks for, ``gateway.policy.chain.build_admission``; none: admit all)."""
         self.config = config
+        # Metrics, audit and access log: they outlive config snapshots, like the kill switch.
+        self.telemetry = Telemetry(config, cache_stats=self._cache_stats, trace_of=_trace_id)
         if admission is None:
-            admission = build_admission(config)
+            admission = _observed(build_admission(config), self.telemetry.observer())
         timeout = config.gateway.request_timeout
         self.backends: dict[str, Backend] = {
             name: create_backend(name, bc, default_timeout=timeout)
@@ -101,10 +121,18 @@ class Gateway:
         self.authenticator = _authenticator_for(config)
         # The kill switch outlives config snapshots: a reload applies the same one again.
         self.kill_switch = KillSwitch()
+        self.kill_switch.on_change.append(
+            lambda action, kind, value: self.telemetry.admin_event("kill_switch", change=action, kind=kind, name=value)
+        )
         self.draining = False
         """True from SIGTERM on: readiness answers 503 while calls in flight finish."""
         self.front = McpFront(config, self.catalog, self.sessions, admission, self.authenticator)
         self.front.on_backend_notification = self._backend_notification
+        # [tracing]: trace context and a span per traced request (None: off, one check per request).
+        self.tracer = tracer_for(config.tracing)
+        self.front.use_tracer(self.tracer)
+        self.front.on_auth_failure = self.telemetry.auth_failed
+        self.telemetry.watch(lambda: len(self.sessions), self._backend_rows)
         # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +140,29 @@ class Gateway:
         self._started = False
         for backend in self.backends.values():
             self._adopt(backend)
+
+    @property
+    def metrics(self) -> Any:
+        """The ``Metrics`` that ``/metrics`` renders (``[metrics]``), or None."""
+        return self.telemetry.metrics
+
+    def _cache_stats(self) -> dict[str, int] | None:
+        admission = self.front.admission if hasattr(self, "front") else None
+        for policy in getattr(admission, "admissions", [admission]):
+            stats = getattr(policy, "stats", None)
+            if stats is not None and type(policy).__name__ == "CacheAdmission":
+                return stats()  # type: ignore[no-any-return]
+        return None
+
+    def _backend_rows(self) -> list[tuple[str, bool, Any, Any, Any]]:
+        """One row per backend for the metrics: up, breaker state and trips, stdio restarts."""
+        rows = []
+        for name, backend in self.backends.items():
+            info = backend.describe()
+            breaker = info.get("breaker") or {}
+            rows.append((name, backend.state is BackendState.READY, breaker.get("state"), breaker.get("opened"),
+                         info.get("restarts")))
+        return rows
 
     def _adopt(self, backend: Backend) -> None:
         backend.on_notification = self._backend_notification
@@ -123,6 +174,9 @@ class Gateway:
 
     async def start(self) -> None:
         """Start every backend (a failing one does not stop the others), then build the catalog."""
+        self.telemetry.start()  # first: an audit log that cannot be opened stops the start
+        if self.tracer is not None:
+            self.tracer.start()  # the span export task
         if self.authenticator is not None:
             self.authenticator.start()  # the first JWKS fetches, in the background
         await asyncio.gather(*(b.start() for b in self.backends.values()))
@@ -148,6 +202,9 @@ class Gateway:
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
         if self.authenticator is not None:
             await self.authenticator.stop()
+        await self.telemetry.close()  # last: the records of everything above are written
+        if self.tracer is not None:
+            await self.tracer.close()  # the spans still queued are exported
 
     def apply_kill_switch(self) -> None:
         """Make the kill switch's state effective now (lists, routing, the header gate)."""
@@ -164,7 +221,10 @@ class Gateway:
             admission = build_admission(config)
         except ValueError as exc:
             raise ReloadRefused(str(exc)) from None
+        await self.telemetry.reconfigure(config)
+        admission = _observed(admission, self.telemetry.observer())
         authenticator = _authenticator_for(config) if config.auth != self.config.auth else self.authenticator
+        tracer = tracer_for(config.tracing) if config.tracing != self.config.tracing else self.tracer
         timeout = config.gateway.request_timeout
         fresh = {name: create_backend(name, config.backends[name], default_timeout=timeout) for name in plan.restart + plan.start}
         for backend in fresh.values():
@@ -180,7 +240,15 @@ class Gateway:
         self.config = config
         self.authenticator = authenticator
         self.catalog.replace_backends(self.backends)
+        self.telemetry.cache_replaced()  # with the swap (no await between): no hit counted twice or lost
         self.front.reconfigure(config, admission, authenticator)
+        if tracer is not self.tracer:  # [tracing] changed: the new tracer from the next request on
+            old_tracer, self.tracer = self.tracer, tracer
+            self.front.use_tracer(tracer)
+            if tracer is not None:
+                tracer.start()
+            if old_tracer is not None:
+                self._spawn(old_tracer.close())
         self.apply_kill_switch()
         if authenticator is not old_authenticator:
             if authenticator is not None:
@@ -193,6 +261,7 @@ class Gateway:
             self._spawn(self._retire(backend, config.server.shutdown_timeout))
         log.info("config reloaded: %d backends kept, %d restarted, %d started, %d stopped",
                  len(plan.keep), len(plan.restart), len(plan.start), len(plan.stop))
+        self.telemetry.admin_event("reload", keep=plan.keep, restart=plan.restart, start=plan.start, stop=plan.stop)
         return plan
 
     async def _retire(self, backend: Backend, grace: float) -> None:

@@ -1,5 +1,6 @@
 """One small HTTP(S) exchange, off the request path: what the JWKS key sets fetch their keys
-with (``get``) and what a backend's credential asks a token endpoint with (``post_form``).
+with (``get``), what a backend's credential asks a token endpoint with (``post_form``), and
+what the span exporter sends its batches with (``post_json``, ``gateway.ops.tracing``).
 
 Each call opens one connection (TLS with the given client context for ``https://``), sends one
 request with ``Connection: close``, reads one response with h11, and returns ``(status,
@@ -20,7 +21,7 @@ import h11
 
 from gateway import __version__
 
-__all__ = ["HttpClientError", "MAX_BODY", "get", "post_form"]
+__all__ = ["HttpClientError", "MAX_BODY", "get", "post_form", "post_json"]
 
 MAX_BODY = 1024 * 1024
 """Largest body read by default (a JWKS or a token response is a few KiB)."""
@@ -55,6 +56,22 @@ async def post_form(
     on failure."""
     body = urlencode(list(fields.items())).encode("ascii")
     extra = [("content-type", "application/x-www-form-urlencoded")]
+    extra += [(k.lower(), v) for k, v in (headers or {}).items()]
+    return await _request("POST", url, body, extra, context, timeout, max_bytes)
+
+
+async def post_json(
+    url: str,
+    body: bytes,
+    *,
+    context: ssl.SSLContext | None,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_BODY,
+) -> tuple[int, dict[str, str], bytes]:
+    """``POST url`` with ``body`` (JSON bytes, ``application/json``) and extra request ``headers``:
+    ``(status, headers, body)``; ``HttpClientError`` on failure."""
+    extra = [("content-type", "application/json")]
     extra += [(k.lower(), v) for k, v in (headers or {}).items()]
     return await _request("POST", url, body, extra, context, timeout, max_bytes)
 

@@ -88,8 +88,11 @@ class BackendCall:
             "In the stateless era ``params`` must carry ``_meta`` (the backend adds the gateway's own if not)."
         ),
         "headers": (
-            "Extra routing headers of a stateless-era request (``Mcp-Name``, ``Mcp-Param-*``); "
-            "None: the backend derives ``Mcp-Name`` from ``params`` for the gateway's own requests."
+            "Extra headers of the upstream HTTP request: a stateless-era request's routing headers "
+            "(``Mcp-Name``, ``Mcp-Param-*``), and in either era the trace context (``traceparent``, "
+            "``tracestate``, ``gateway.ops.tracing``); names and values the gateway made, never a client's. "
+            "None: none, and the backend derives ``Mcp-Name`` from ``params`` for the gateway's own "
+            "stateless-era requests. A stdio backend has no headers (the trace context rides in ``_meta``)."
         ),
         "ticket": "Filled in by the backend so ``Backend.cancel`` can find the request; None: not cancellable.",
         "capabilities": (
@@ -248,8 +251,8 @@ class Backend(abc.ABC):
         ``call.timeout`` overrides the backend's configured request timeout.
         ``call.era`` picks the protocol era (default: ``preferred_era``); in the
         stateless era the params must carry ``_meta`` (the backend adds the
-        gateway's own if not) and ``call.headers`` are extra routing headers
-        (``Mcp-Name``, ``Mcp-Param-*``). ``call.ticket``, when given, is filled
+        gateway's own if not). ``call.headers`` are extra HTTP headers (routing
+        headers, the trace context). ``call.ticket``, when given, is filled
         in so ``cancel`` can find the request. See ``BackendCall`` for each field.
         """
 

@@ -53,6 +53,7 @@ from gateway.errors import (
     InvalidRequest,
     MethodNotFound,
     SessionNotFound,
+    Unauthenticated,
     error_body,
 )
 from gateway.catalog.aggregate import LIST_METHODS, Catalog
@@ -93,6 +94,7 @@ from gateway.server.api import Reply, Request
 from gateway.server.responses import JSON_HEADER_LINES as _JSON_HEADER_LINES
 
 if TYPE_CHECKING:
+    from gateway.ops.tracing import Tracer
     from gateway.policy.auth import Authenticator
 
 __all__ = ["McpFront"]
@@ -181,8 +183,13 @@ class McpFront:
         }
         # Open subscriptions/listen streams (stateless era).
         self._listeners: set[Listener] = set()
+        self.tracer: Tracer | None = None
+        """Trace context and spans (``[tracing]``, set by ``use_tracer``); None: off, and the one
+        cost per request is this check."""
         # The common call answered in callbacks (gateway.front.express); None: the general path only.
         self.express: ExpressLane | None = ExpressLane(self) if config.gateway.express else None
+        self.on_auth_failure: Callable[[str, str, str | None], None] | None = None
+        """Called with ``(reason, message, client_ip)`` when a credential is refused (metrics, audit)."""
 
     def reconfigure(self, config: Config, admission: Admission | None, authenticator: Authenticator | None) -> None:
         """A reload: serve with ``config``'s policies from the next request on (the sessions, the
@@ -203,6 +210,14 @@ class McpFront:
         forwarder.admission = self.admission
         forwarder.keepalive = self.keepalive
         forwarder.request_timeout = config.gateway.request_timeout
+        if self.express is not None:
+            self.express.rebind()
+
+    def use_tracer(self, tracer: Tracer | None) -> None:
+        """Trace requests with ``tracer`` from the next one on (None: stop tracing). While one is
+        set the express lane declines every request (``ExpressLane.rebind``), so each traced
+        call takes the general path, where its span and the upstream trace context are made."""
+        self.tracer = tracer
         if self.express is not None:
             self.express.rebind()
 
@@ -236,6 +251,8 @@ class McpFront:
                 if error is PENDING:  # the token's issuer keys are being fetched: wait (bounded), decide
                     error, principal = await self.gate.check_after_keys(request)
                 if error is not None:
+                    if type(error) is Unauthenticated and self.on_auth_failure is not None:
+                        self.on_auth_failure(error.reason, error.message, request.client[0] if request.client else None)
                     raise error
             method = request.method
             if method == "POST":
@@ -311,10 +328,14 @@ class McpFront:
             return
         # _request, inlined: one coroutine level less on the hot path.
         handler = self._handlers.get(msg.method)  # type: ignore[arg-type]
+        tracer = self.tracer
         try:
             if handler is None:
                 raise MethodNotFound(f"method not found: {msg.method}")
-            body = await handler(msg, ctx, reply)
+            if tracer is not None and msg.method in tracer.methods:
+                body = await self._traced(tracer, handler, msg, ctx, reply, headers)
+            else:
+                body = await handler(msg, ctx, reply)
         except GatewayError as err:
             body = request_failed(msg, reply, err)
         if body is not None:
@@ -371,7 +392,11 @@ class McpFront:
             handler = self._stateless_handlers.get(msg.method)
             if handler is None:
                 raise MethodNotFound(f"method not found: {msg.method}")
-            body = await handler(msg, ctx, reply)
+            tracer = self.tracer
+            if tracer is not None and msg.method in tracer.methods:
+                body = await self._traced(tracer, handler, msg, ctx, reply, headers)
+            else:
+                body = await handler(msg, ctx, reply)
         except GatewayError as err:
             if reply.closed:
                 return
@@ -395,14 +420,14 @@ class McpFront:
         ctx = session.context
         ctx.principal = principal
         ctx.client_ip = request.client[0] if request.client is not None else None
-        answers = await asyncio.gather(*(self._batch_item(bytes(item), ctx) for item in items))
+        answers = await asyncio.gather(*(self._batch_item(bytes(item), ctx, request.headers) for item in items))
         bodies = [a for a in answers if a is not None]
         if not bodies:
             reply.send(202, (), b"")
         else:
             reply.send(200, JSON_HEADERS, b"[" + b",".join(bodies) + b"]")
 
-    async def _batch_item(self, data: bytes, ctx: RequestContext) -> bytes | None:
+    async def _batch_item(self, data: bytes, ctx: RequestContext, headers: dict[str, str]) -> bytes | None:
         try:
             msg = decode_message(data)
         except GatewayError as err:
@@ -412,7 +437,7 @@ class McpFront:
             return None
         if msg.method == "initialize":
             return error_body(msg.id, InvalidRequest("initialize cannot be batched"))
-        return await self.request(msg, ctx, None)
+        return await self.request(msg, ctx, None, headers)
 
     def initialize(self, msg: Message, reply: Reply, principal: Any = None) -> None:
         """``initialize``: a new session, owned by ``principal`` (None: stdio, or no ``[auth]``)."""
@@ -512,15 +537,46 @@ class McpFront:
             backend, ticket = call
             backend.cancel(ticket, "cancelled by the client")
 
-    async def request(self, msg: Message, ctx: RequestContext, reply: Reply | None) -> bytes | None:
-        """Answer one request: its response bytes, or None if it was streamed to ``reply``."""
+    async def request(
+        self, msg: Message, ctx: RequestContext, reply: Reply | None, headers: dict[str, str] | None = None
+    ) -> bytes | None:
+        """Answer one request: its response bytes, or None if it was streamed to ``reply``.
+        ``headers``: the HTTP request's (a batch item); None: the stdio front's request."""
         handler = self._handlers.get(msg.method)  # type: ignore[arg-type]
+        tracer = self.tracer
         try:
             if handler is None:
                 raise MethodNotFound(f"method not found: {msg.method}")
+            if tracer is not None and msg.method in tracer.methods:
+                return await self._traced(tracer, handler, msg, ctx, reply, headers)
             return await handler(msg, ctx, reply)  # type: ignore[arg-type]
         except GatewayError as err:
             return request_failed(msg, reply, err)
+
+    @staticmethod
+    async def _traced(
+        tracer: Tracer,
+        handler: Callable[[Message, RequestContext, Reply], Awaitable[bytes | None]],
+        msg: Message,
+        ctx: RequestContext,
+        reply: Reply | None,
+        headers: dict[str, str] | None,
+    ) -> bytes | None:
+        """``handler`` under a span (tracing on): the client's trace context (``headers``, else
+        ``_meta``) continued or a new one started, carried on the request's own context
+        (``RequestContext.traced``: the forward and the audit read it there), and the span ended
+        with what the client got. ``headers`` None: the stdio front (``network.transport`` pipe)."""
+        span = tracer.begin(msg, ctx, headers, "tcp" if headers is not None else "pipe")
+        try:
+            body = await handler(msg, ctx.traced(span), reply)  # type: ignore[arg-type]
+        except BaseException as exc:
+            span.failed_with(exc)
+            tracer.end(span)
+            raise
+        if body is not None:
+            span.responded(body)
+        tracer.end(span)
+        return body
 
     # -- local methods -----------------------------------------------------------------------
 

@@ -14,11 +14,12 @@ and answered from the backend connection's read callback), or declines (returns
 False) *before admission and before doing anything*, and the general path
 serves it as before. It declines whenever anything is not plain: another method
 or era, a header set the gate refuses, a missing session, a ``_meta`` (progress
-tokens need remapping), an unknown name, a backend that cannot take the fast
-send now (``Backend.express_ready``: not HTTP, not ready, per-client sessions, a
-pool with no idle connection but room to open one). With the pool full the call
-waits in the pool's line, still without a task, and is sent when a connection
-comes back.
+tokens need remapping), tracing on (``[tracing]``: every request, so each gets its
+span and its upstream trace context on the general path), an unknown name, a
+backend that cannot take the fast send now (``Backend.express_ready``: not HTTP,
+not ready, per-client sessions, a pool with no idle connection but room to open
+one). With the pool full the call waits in the pool's line, still without a
+task, and is sent when a connection comes back.
 
 The lane uses the same parts as the general path: the header gate
 (``gateway.front.gate``), ``Routing.resolve`` and ``Routing.admit`` (the one
@@ -83,7 +84,10 @@ class ExpressLane:
         """Take the front's current gate, routing and admission (again, after a reload): the lane
         keeps them bound, one attribute read less per request."""
         front = self.front
-        self.path = front.path
+        # With tracing on (``front.tracer``) no path matches, so the lane declines every request at
+        # its first check, at no cost to the untraced lane: a traced call needs its span and the
+        # upstream trace context, which the general path makes (``McpFront._traced``).
+        self.path = front.path if front.tracer is None else None
         self.gate = front.gate
         self.sessions = front.sessions
         self.routing = front.routing
@@ -143,7 +147,9 @@ class ExpressLane:
                         outcome(principal, ctx, "tools/call", name, None, None, None, note)
                     reply.send(200, JSON_HEADER_LINES, response_bytes(msg.id, result))  # type: ignore[arg-type]
                     return True
-                route = self.routing.apply(ctx, "tools/call", name, route, params, verdict)
+                if verdict.error is not None or verdict.route is not None or verdict.params is not None or verdict.wait is not None:
+                    route = self.routing.apply(ctx, "tools/call", name, route, params, verdict)
+                # else a note only (the observer's): go as routed, without the call
             backend, original = route
         except GatewayError as err:
             _refused(reply, msg, err)

@@ -52,6 +52,18 @@ def _strip_envelope(params: dict[str, Raw], meta: Any = None) -> None:
             del params["_meta"]
 
 
+def _inject_trace(params: dict[str, Raw], trace: Any, meta: Any = None) -> None:
+    """Put the request's trace context (``gateway.ops.tracing.Span``) in ``params._meta``, where
+    every backend, stdio included, finds it (the OpenTelemetry MCP conventions' carrier). ``meta``:
+    the decoded ``_meta`` when the caller has it (changed in place, so later steps keep it)."""
+    if meta is None:
+        meta = decode_any(params["_meta"]) if "_meta" in params else {}
+    if not isinstance(meta, dict):
+        return  # a _meta that is not an object goes as it came: the backend says what is wrong
+    trace.inject(meta)
+    params["_meta"] = Raw(encode(meta))
+
+
 class Forwarder:
     """The general path's send, and the host of its client streams (``StreamHost``)."""
 
@@ -96,6 +108,10 @@ class Forwarder:
             stream.request_id, stream.method, stream.name = msg.id, msg.method, exposed or None
         if stream is not None and "_meta" in params:
             self._remap_progress(params, stream, ctx.meta)
+        trace = ctx.trace
+        if trace is not None:  # tracing: the backend continues the trace, the gateway's span its parent
+            trace.attributes["mcp_gateway.backend"] = backend.name
+            _inject_trace(params, trace, ctx.meta)
         headers = None
         if era == "stateless":
             headers = self._routing_headers(msg.method, params, key, original, exposed)  # type: ignore[arg-type]
@@ -106,6 +122,8 @@ class Forwarder:
             if ctx.era == "stateless" and "_meta" in params:
                 _strip_envelope(params, ctx.meta)  # a handshake-era server refuses the stateless envelope
             body_params = Raw(encode(params))
+        if trace is not None:
+            headers = trace.headers(headers)  # traceparent and tracestate on the upstream HTTP request too
         # The stream doubles as the request's Ticket (one allocation less per request).
         ticket: Any = stream if stream is not None else Ticket()
         if stream is not None:
@@ -120,7 +138,9 @@ class Forwarder:
             reply.on_disconnect = lambda: backend.cancel(ticket, "client closed the stream")
         try:
             if ctx.era == "stateless" and era == "handshake" and stream is not None:
-                answer = await self._call_for_stateless(msg, ctx, backend, params, body_params, session_key, stream, ticket)
+                answer = await self._call_for_stateless(
+                    msg, ctx, backend, params, body_params, session_key, stream, ticket, headers
+                )
                 if answer is None:  # the backend asked something: the client got input_required
                     if self.admission.observes_outcomes:  # ended for now (its retry is admitted anew)
                         self._outcome(msg, ctx, exposed, route, None, None, note)
@@ -142,6 +162,8 @@ class Forwarder:
                 if ctx.era == "handshake" and era == "stateless" and stream is not None:
                     answer = await self._input_rounds(msg, ctx, backend, params, headers, stream, ticket, answer)
         except GatewayError as err:  # down, timed out, a token exchange refused: the outcome hook sees each
+            if trace is not None:
+                trace.failed_with(err)  # also when it goes out on a started stream, unseen by the front
             if self.admission.observes_outcomes:
                 self._outcome(msg, ctx, exposed, route, None, err, note)
             if stream is None or not stream.started:
@@ -170,6 +192,8 @@ class Forwarder:
                 session.inflight.pop(msg.id, None)
             elif reply is not None:
                 reply.on_disconnect = None
+        if trace is not None:
+            trace.answered(answer)
         if self.admission.observes_outcomes:
             self._outcome(msg, ctx, exposed, route, answer, None, note)
         if answer.result is not UNSET and era == ctx.era:
@@ -201,10 +225,12 @@ class Forwarder:
         session_key: str | None,
         stream: ClientStream,
         ticket: Ticket,
+        headers: dict[str, str] | None = None,
     ) -> Message | None:
         """A stateless client's call to a handshake backend. If the backend asks the client
         something, the client gets ``input_required`` and the call stays open for its retry
-        (see ``ClientStream._relay`` and ``_flush_input``); None means the client was answered."""
+        (see ``ClientStream._relay`` and ``_flush_input``); None means the client was answered.
+        ``headers``: extra upstream headers (the trace context)."""
         token = decode_any(params["requestState"]) if "requestState" in params else None
         if token is not None:
             return await self._continue_for_stateless(msg, backend, params, session_key, stream, token)
@@ -219,6 +245,7 @@ class Forwarder:
                     session_key=session_key,
                     sink=stream.send,
                     era="handshake",
+                    headers=headers,
                     ticket=ticket,
                     principal=ctx.principal,
                 )

@@ -96,7 +96,7 @@ class RequestContext:
 
     __slots__ = (
         "era", "protocol_version", "session", "session_key", "capabilities", "client_info", "headers", "log_level",
-        "params", "meta", "principal", "client_ip",
+        "params", "meta", "principal", "client_ip", "trace",
     )
 
     def __init__(
@@ -131,6 +131,23 @@ class RequestContext:
         self.principal: Any = None
         # The TCP peer's address, set per request like ``principal`` (None: stdio, or unknown).
         self.client_ip: str | None = None
+        # The request's trace context and span (``gateway.ops.tracing.Span``, with ``trace_id``);
+        # None when tracing is off or the method is not traced. Set on a context of its own
+        # (``traced``), never on a session's shared one.
+        self.trace: Any = None
+
+    def traced(self, trace: Any) -> RequestContext:
+        """This context for one traced request, carrying ``trace``: the context itself in the
+        stateless era (made per request already), else a copy, because a session's context is
+        shared by its concurrent requests and each has its own trace (the audit reads it)."""
+        if self.era == "stateless":
+            self.trace = trace
+            return self
+        copy = RequestContext.__new__(RequestContext)
+        for name in RequestContext.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.trace = trace
+        return copy
 
 
 class SessionStore:

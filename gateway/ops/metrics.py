@@ -207,7 +207,7 @@ class Metrics(Collector):
 
     __slots__ = (
         "version", "registry", "buckets", "_le", "in_flight", "cache_hits", "cache_misses", "cache_evictions", "audit_drops",
-        "_requests", "_series", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
+        "_requests", "series", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
         "_gauge_sources", "_counter_sources", "_backend_sources", "_source_errors", "_warned_outcome",
     )
 
@@ -227,8 +227,9 @@ class Metrics(Collector):
         self.audit_drops = 0
         self._requests: dict[tuple[str, str, str, str], _Series] = {}
         """The series by their bounded labels (what a scrape shows)."""
-        self._series: dict[tuple[str, str, str, str], _Series] = {}
-        """The same series by the labels as given (what the request path looks up)."""
+        self.series: dict[tuple[str, str, str, str], _Series] = {}
+        """The same series by the labels as given: what ``request`` looks up (and the observer,
+        which inlines ``request``: a get here, ``new_series`` when it misses)."""
         self._durations: dict[str, _Histogram] = {}
         self._limiter: dict[str, int] = {}
         self._auth: dict[str, int] = {}
@@ -255,9 +256,9 @@ class Metrics(Collector):
         local answer); ``outcome`` is one of ``OUTCOMES``."""
         # One dict lookup per request: the label set's series holds its count and its backend's
         # histogram (a 4-tuple hashes its cached string hashes; no second lookup to store).
-        series = self._series.get((method, backend, outcome, tool))
+        series = self.series.get((method, backend, outcome, tool))
         if series is None:  # first sight of this label set, or one past a bound: normalise it
-            series = self._new_series(method, backend, outcome, tool)
+            series = self.new_series(method, backend, outcome, tool)
         series.count += 1
         histogram = series.histogram
         histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
@@ -306,15 +307,15 @@ class Metrics(Collector):
         """The audit queue was full and ``n`` records were dropped (``mcp_gateway_audit_dropped_total``)."""
         self.audit_drops += n
 
-    def _new_series(self, method: str, backend: str, outcome: str, tool: str) -> _Series:
+    def new_series(self, method: str, backend: str, outcome: str, tool: str) -> _Series:
         """The series of a label set seen for the first time: its bounded labels' series (shared
         with every label set that maps to the same), remembered under the raw labels too."""
         key = self._request_key(method, backend, outcome, tool)
         series = self._requests.get(key)
         if series is None:
             series = self._requests[key] = _Series(self._histogram(key[1]))
-        if len(self._series) < _MAX_RAW_KEYS:  # past it, unbounded raw labels take this slow path
-            self._series[(method, backend, outcome, tool)] = series
+        if len(self.series) < _MAX_RAW_KEYS:  # past it, unbounded raw labels take this slow path
+            self.series[(method, backend, outcome, tool)] = series
         return series
 
     def _request_key(self, method: str, backend: str, outcome: str, tool: str) -> tuple[str, str, str, str]:

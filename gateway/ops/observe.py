@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.backends.base import RequestCancelled
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen, GatewayError, RateLimited, RequestTooLarge
-from gateway.policy.admission import Admission, Route, Verdict
+from gateway.policy.admission import Admission, Noted, Route, Verdict
 from gateway.protocol.jsonrpc import UNSET
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["OUTCOMES", "Observer", "outcome_of"]
 
 access_log = logging.getLogger("gateway.access")
+_new = object.__new__
 
 OUTCOMES = ("ok", "error", "refused", "limited", "cached", "timeout", "unavailable", "cancelled", "pending")
 """Every value of the ``outcome`` label and audit field."""
@@ -96,7 +98,9 @@ class Observer(Admission):
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight += 1  # Metrics.inc_in_flight, inline: this runs on every request
-        return Verdict(note=(self.clock(), params, route))
+        verdict = _new(Noted)  # Noted(note) without its __init__ frame: this runs on every request
+        verdict.note = (self.clock(), params, route)
+        return verdict
 
     def outcome(
         self,
@@ -128,7 +132,15 @@ class Observer(Admission):
             if metrics is not None:
                 if started is not None:
                     metrics.in_flight -= 1
-                metrics.request(method, backend, outcome, name if method == "tools/call" else "", seconds)
+                # Metrics.request, inline (a call costs as much as what it does)
+                tool = name if method == "tools/call" else ""
+                series = metrics.series.get((method, backend, outcome, tool))
+                if series is None:
+                    series = metrics.new_series(method, backend, outcome, tool)
+                series.count += 1
+                histogram = series.histogram
+                histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+                histogram.sum += seconds
                 if outcome == "limited" and error is not None:
                     metrics.limiter_refused((getattr(error, "extra", None) or {}).get("limit") or type(error).__name__)
             if self.audit is not None:

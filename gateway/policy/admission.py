@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from gateway.errors import GatewayError
     from gateway.protocol.jsonrpc import Message, Raw
 
-__all__ = ["Admission", "Pending", "Route", "Verdict"]
+__all__ = ["Admission", "Noted", "Pending", "Route", "Verdict"]
 
 Route = tuple["Backend", str]
 """Where a routed request goes: the backend and the name (or URI) it knows the item by."""
@@ -111,6 +111,18 @@ class Verdict:
         ``params`` still say how to send it should it have to go upstream itself."""
         self.note = note
         """Handed to ``outcome`` for this request (any value; None: no note)."""
+
+
+class Noted(Verdict):
+    """A verdict that only leaves a note (go as routed, ``outcome`` gets ``note``): what an
+    observing policy returns for every request, so it is made with one slot write (the other
+    fields are None for every instance: class attributes over the slots)."""
+
+    __slots__ = ()
+    route = params = error = result = wait = None  # type: ignore[assignment]
+
+    def __init__(self, note: Any) -> None:
+        self.note = note
 
 
 class Admission:

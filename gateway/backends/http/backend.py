@@ -80,6 +80,11 @@ def _never() -> bool:
     return False
 
 
+def _header_lines(headers: dict[str, str]) -> bytes:
+    """``name: value`` lines of extra request headers (names and values the gateway made)."""
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
 class BackendAuth:
     """An HTTP backend's ``credential`` and ``identity_headers``, and the head parts they need.
 
@@ -368,13 +373,15 @@ class HttpBackend(Backend):
             session = shared  # the fast path: no await before the request goes out
         else:
             session = await self._session_for(session_key, call.capabilities, principal)
+        headers = call.headers  # the caller's extra headers (the trace context), rare: one check
+        extra = _header_lines(headers) if headers else b""
         for attempt in (1, 2):
             self._next_id += 1
             upstream_id = self._next_id
             body = encode(Message(id=upstream_id, method=method, params=params))
             try:
                 answer, _ = await self._post(
-                    session, body, upstream_id, sink, limit, ticket=ticket, required=True, principal=principal
+                    session, body, upstream_id, sink, limit, extra, ticket=ticket, required=True, principal=principal
                 )
             except _SessionExpired:
                 if attempt == 2:
