@@ -67,27 +67,41 @@ def test_pipelined_requests_are_taken_one_by_one(impl) -> None:  # type: ignore[
     [
         REQUEST[:-1],  # body incomplete
         REQUEST[:40],  # head incomplete
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # chunked: httptools
-        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",  # duplicate length
-        b"GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
-        b"GET / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\nxx",
-        b"GET / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nxx",  # a latin-1 digit is not a digit here
-        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\n: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",  # bare CR
-        b"GET / HTTP/1.1\r\nX: a\nb\r\n\r\n",  # bare LF
-        b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n",
-        b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",  # obs-fold
-        b"GET / HTTP/2.0\r\n\r\n",
-        b"GET / HTTP/1.1 \r\n\r\n",
-        b"GET  / HTTP/1.1\r\n\r\n",
-        b"get / HTTP/1.1\r\n\r\n",
-        b"GET /a\x7f HTTP/1.1\r\n\r\n",
-        b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
-        b"\r\nGET / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nContent-Length: 9999999999999999\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # chunked: httptools
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",  # duplicate length
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1 2\r\n\r\nxx",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: \xb2\r\n\r\nxx",  # a latin-1 digit is not a digit here
+        b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nNoColon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",  # bare CR
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\nb\r\n\r\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n folded: x\r\n\r\n",  # obs-fold
+        b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"get / HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a\x7f HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 9999999999999999\r\n\r\n",
+        # The strict edge (gateway.server.protocol refuses these on httptools' path):
+        b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",  # Host twice, even the same
+        b"GET / HTTP/1.0\r\nHost: h\r\nhost: i\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",  # empty
+        b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",  # what two joined lines look like
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h/x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\xe9\r\n\r\n",
+        b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n",  # a fragment
+        b"GET http://h/a HTTP/1.1\r\nHost: h\r\n\r\n",  # absolute-form
+        b"POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ],
 )
 def test_unusual_requests_are_left_to_httptools(impl, data: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -141,6 +155,10 @@ def test_keep_alive(impl, http11: bool, connection: str | None, expected: bool) 
 _TOKEN = st.text(alphabet="!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12)
 _VALUE = st.binary(max_size=20).map(lambda b: bytes(c for c in b if c not in (10, 13)))
 _NOISE = st.sampled_from([b"", b" ", b"\t", b"\r", b"\n", b"\x00", b":", b"\x7f", b"\xff", b"\r\n", b"\r\n "])
+_HOST_VALUE = st.one_of(
+    st.sampled_from([b"127.0.0.1:8080", b"localhost", b"[::1]:9", b"", b"a, b", b"a b", b"u@h", b"h#", b"h\xe9"]),
+    st.binary(max_size=8).map(lambda b: bytes(c for c in b if c not in (10, 13))),
+)
 
 
 @st.composite
@@ -148,11 +166,15 @@ def requests(draw: st.DrawFn) -> bytes:
     """Mostly well-formed requests, sometimes with one byte of noise spliced in."""
     method = draw(st.sampled_from([b"GET", b"POST", b"DELETE", b"PUT", b"OPTIONS"]))
     target = b"/" + draw(st.binary(max_size=12).map(lambda b: bytes(c for c in b if 0x21 <= c <= 0x7E)))
-    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+    target = draw(st.sampled_from([target] * 8 + [b"http://h" + target, target + b"#f"]))
+    version = draw(st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0"] * 2 + [b"HTTP/1.2", b"HTTP/2.0"]))
     body = draw(st.binary(max_size=16))
     lines = [method + b" " + target + b" " + version]
+    # Mostly one plain Host; sometimes none, two, or an odd value.
+    hosts = draw(st.sampled_from([[b"127.0.0.1:8080"]] * 8 + [[], [b"h", b"h"], [draw(_HOST_VALUE)]]))
+    lines += [draw(st.sampled_from([b"Host", b"host", b"HOST"])) + b": " + host for host in hosts]
     for name, value in draw(st.lists(st.tuples(_TOKEN, _VALUE), max_size=6)):
-        if name.lower() in ("content-length", "transfer-encoding", "upgrade", "connection"):
+        if name.lower() in ("content-length", "transfer-encoding", "upgrade", "connection", "host"):
             continue
         lines.append(name.encode() + b":" + value)
     if body or draw(st.booleans()):
@@ -217,16 +239,54 @@ def test_what_is_accepted_httptools_reads_the_same(data: bytes) -> None:
 
 def test_repeated_headers_with_shared_values(impl) -> None:  # type: ignore[no-untyped-def]
     """Empty and one-character values are shared str objects in CPython: still joined."""
-    data = b"GET / HTTP/1.1\r\nX:\r\nx:\r\nY: a\r\nY: a\r\nHost: h\r\nhost: h\r\n\r\n"
+    data = b"GET / HTTP/1.1\r\nX:\r\nx:\r\nY: a\r\nY: a\r\nHost: h\r\nZ: h\r\nz: h\r\n\r\n"
     headers = impl.parse_request(data, 0, *LIMITS)[3]
-    assert headers == {"x": ", ", "y": "a, a", "host": "h, h"}
+    assert headers == {"x": ", ", "y": "a, a", "host": "h", "z": "h, h"}
+
+
+@pytest.mark.parametrize(
+    ("head", "taken"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n", True),
+        (b"GET / HTTP/1.1\r\nhOsT: [::1]:80\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example~_-!$&'()*+;=%41\r\n", True),
+        (b"GET / HTTP/1.0\r\n", True),  # HTTP/1.0 may leave Host out (RFC 9112 3.2)
+        (b"GET / HTTP/1.0\r\nHost: h\r\n", True),
+        (b"GET / HTTP/1.1\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: \t\r\n", False),
+    ],
+)
+def test_host_rules(impl, head: bytes, taken: bool) -> None:  # type: ignore[no-untyped-def]
+    """Exactly one valid Host (none allowed in HTTP/1.0) is plain; anything else is declined."""
+    parsed = impl.parse_request(head + b"Accept: */*\r\n\r\n", 0, *LIMITS)
+    assert (parsed is not None) is taken
+    if taken and b"Host" in head:
+        assert parsed[3]["host"] == head.split(b": ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+@pytest.mark.skipif(_http1_c is None, reason="compiled parser not built")
+@pytest.mark.parametrize("byte", range(256))
+def test_host_bytes_are_judged_alike_by_both_twins(byte: int) -> None:
+    """Every byte, alone and inside a Host value: both twins take it exactly when it is in HOST_CHARS."""
+    for value in (bytes([byte]), b"a" + bytes([byte]) + b"b"):
+        data = b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+        got = _http1_c.parse_request(data, 0, *LIMITS)  # type: ignore[union-attr]
+        assert got == _http1_py.parse_request(data, 0, *LIMITS), value
+        assert (got is not None) is (byte in _http1_py.HOST_CHARS), value
+
+
+def test_host_in_a_response_is_a_plain_header(impl) -> None:  # type: ignore[no-untyped-def]
+    """The Host rules are a request's: a response is read as before."""
+    data = b"HTTP/1.1 200 OK\r\nHost: a, b\r\nhost: c\r\nContent-Length: 0\r\n\r\n"
+    assert impl.parse_response(data, 0, 100)[2] == {"host": "a, b, c", "content-length": "0"}
 
 
 def test_header_name_length_boundary(impl) -> None:  # type: ignore[no-untyped-def]
     """Names up to 256 bytes are taken here; longer ones go to httptools."""
-    ok = b"GET / HTTP/1.1\r\n" + b"n" * 256 + b": v\r\n\r\n"
-    assert impl.parse_request(ok, 0, *LIMITS)[3] == {"n" * 256: "v"}
-    assert impl.parse_request(b"GET / HTTP/1.1\r\n" + b"n" * 257 + b": v\r\n\r\n", 0, *LIMITS) is None
+    ok = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"n" * 256 + b": v\r\n\r\n"
+    assert impl.parse_request(ok, 0, *LIMITS)[3] == {"host": "h", "n" * 256: "v"}
+    assert impl.parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"n" * 257 + b": v\r\n\r\n", 0, *LIMITS) is None
 
 
 @pytest.mark.skipif(_http1_c is None, reason="compiled parser not built")

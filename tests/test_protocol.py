@@ -173,7 +173,7 @@ async def test_too_many_headers() -> None:
 
 async def test_headers_within_limits_pass() -> None:
     proto, transport = make(max_headers=10, max_header_bytes=1024)
-    headers = b"".join(b"X-%d: v\r\n" % i for i in range(9))
+    headers = b"Host: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(9))
     proto.data_received(b"GET /ok HTTP/1.1\r\n" + headers + b"\r\n")
     await settle()
     assert transport.data.startswith(b"HTTP/1.1 200 ")
@@ -301,7 +301,7 @@ async def test_whole_and_split_requests_reach_the_app_alike() -> None:
     data = (
         b"POST /mcp?a=1 HTTP/1.1\r\nHost: x\r\nX-Twice: a \r\nx-twice: b\r\nContent-Length: 5\r\n\r\nhello"
         b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-        b"DELETE /c HTTP/1.1\r\nConnection: close\r\n\r\n"
+        b"DELETE /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     proto, _ = make(record)
     proto.data_received(data)

@@ -10,6 +10,14 @@ httptools (llhttp), which has the last word on unusual and malformed input.
 So this parser must only be right about what it accepts, and it accepts a
 strict subset of RFC 9112.
 
+A request is plain only if the server would accept its head as it stands
+(``gateway.server.protocol`` applies the same rules on httptools' path and
+answers the rest): the target is origin-form without a fragment (``#``), the
+version is HTTP/1.0 or HTTP/1.1, and ``Host`` appears on one line at most, with
+a non-empty value of ``HOST_CHARS`` only; HTTP/1.1 requires it (RFC 9112 3.2),
+HTTP/1.0 may leave it out. A second ``Host`` line is declined rather than
+joined, so that duplicates are never mistaken for one value.
+
 Both functions return header names lower-cased, values without surrounding
 whitespace, repeated headers joined with ``", "``.
 """
@@ -23,21 +31,29 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 # field-vchar, SP and HTAB (RFC 9110 5.5): the characters of a header value.
 _VALUE = frozenset([9, 32, *range(0x21, 0x7F), *range(0x80, 0x100)])
 _METHOD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TARGET = frozenset(range(0x21, 0x7F))
+_TARGET = frozenset(range(0x21, 0x7F)) - {0x23}  # not "#": a fragment is never sent (RFC 9112 3.2)
+HOST_CHARS = frozenset(b"!$%&'()*+-.0123456789:;=ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~")
+"""Bytes of a ``Host`` value: RFC 3986 host and port (unreserved, pct-encoded, sub-delims, ":" and the
+brackets of an IP literal), without ",": a reg-name may hold one, no DNS name or address does, and it
+is what two joined ``Host`` lines look like."""
 _REFUSED = ("transfer-encoding", "upgrade")  # left to httptools: chunked bodies, protocol switches
 _MAX_NAME = 256
 _MAX_METHOD = 16
 _MAX_DIGITS = 15
 
 
-def _headers(data: bytes, pos: int, head_end: int, max_headers: int) -> tuple[dict[str, str], int] | None:
-    """Header lines in ``data[pos:head_end]`` (each ending CRLF): ``(headers, content_length)``.
+def _headers(
+    data: bytes, pos: int, head_end: int, max_headers: int, request: bool
+) -> tuple[dict[str, str], int, int] | None:
+    """Header lines in ``data[pos:head_end]`` (each ending CRLF): ``(headers, content_length, hosts)``.
 
-    ``content_length`` is -1 when absent.
+    ``content_length`` is -1 when absent. For a ``request``, ``hosts`` counts the ``Host``
+    lines (0 or 1: a second one, or an empty or invalid value, is not plain); 0 for a response.
     """
     headers: dict[str, str] = {}
     length = -1
     count = 0
+    hosts = 0
     while pos < head_end:
         eol = data.find(b"\r\n", pos, head_end + 2)
         line = data[pos:eol]
@@ -62,9 +78,13 @@ def _headers(data: bytes, pos: int, head_end: int, max_headers: int) -> tuple[di
             if length >= 0 or not value or len(value) > _MAX_DIGITS or not value.isdigit() or not value.isascii():
                 return None
             length = int(value)
+        elif name == "host" and request:
+            if hosts or not value or not all(c in HOST_CHARS for c in value.encode("latin-1")):
+                return None
+            hosts = 1
         previous = headers.get(name)
         headers[name] = value if previous is None else f"{previous}, {value}"
-    return headers, length
+    return headers, length, hosts
 
 
 def parse_request(
@@ -72,6 +92,7 @@ def parse_request(
 ) -> tuple[str, str, bool, dict[str, str], int, int] | None:
     """A complete plain request at ``data[start:]``, or None (let httptools have it).
 
+    Plain includes the strict rules of the module docstring (target, version, ``Host``).
     Returns ``(method, target, http11, headers, body_start, end)``: the body is
     ``data[body_start:end]`` and the next request starts at ``end``. None also
     when a limit would be exceeded (target length, header count, head size,
@@ -99,11 +120,11 @@ def parse_request(
         http11 = False
     else:
         return None
-    parsed = _headers(data, eol + 2, head_end, max_headers)
+    parsed = _headers(data, eol + 2, head_end, max_headers, True)
     if parsed is None:
         return None
-    headers, length = parsed
-    if length > max_body:
+    headers, length, hosts = parsed
+    if length > max_body or (http11 and not hosts):  # HTTP/1.1 requires Host
         return None
     body_start = head_end + 4
     end = body_start + max(length, 0)
@@ -137,10 +158,10 @@ def parse_response(data: bytes, start: int, max_headers: int) -> tuple[int, bool
     status = int(digits)
     if status < 200 or not all(c in _VALUE for c in line[13:]):
         return None
-    parsed = _headers(data, eol + 2, head_end, max_headers)
+    parsed = _headers(data, eol + 2, head_end, max_headers, False)
     if parsed is None:
         return None
-    headers, length = parsed
+    headers, length, _ = parsed
     if length < 0:
         return None
     body_start = head_end + 4

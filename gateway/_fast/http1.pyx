@@ -3,7 +3,8 @@
 
 See the twin for the contract: a whole plain message is parsed in one call;
 anything else returns None and the caller hands the bytes to httptools. The
-grammar accepted here is exactly the twin's (tests compare the two).
+grammar accepted here is exactly the twin's (tests compare the two), including
+what makes a request strict (one valid ``Host``, no fragment): the twin says why.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -28,6 +29,7 @@ cdef enum:
 cdef unsigned char TCHAR[256]
 cdef unsigned char VALUE[256]
 cdef unsigned char TARGET[256]
+cdef unsigned char HOST[256]
 
 
 cdef void _init_tables():
@@ -35,18 +37,22 @@ cdef void _init_tables():
     for c in range(256):
         TCHAR[c] = 0
         VALUE[c] = 1 if (c == 9 or c == 32 or 0x21 <= c <= 0x7E or c >= 0x80) else 0
-        TARGET[c] = 1 if 0x21 <= c <= 0x7E else 0
+        # '#' starts a fragment, never sent in a request (RFC 9112 3.2): httptools' path refuses it.
+        TARGET[c] = 1 if 0x21 <= c <= 0x7E and c != 0x23 else 0
+        HOST[c] = 0
     for c in b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
         TCHAR[c] = 1
+    for c in b"!$%&'()*+-.0123456789:;=ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~":
+        HOST[c] = 1
 
 
 _init_tables()
 
 # Header names seen on nearly every request or response: matched in place and
 # answered with one shared str (no new string, its hash already computed).
-# Each has a role: 0 plain, 1 Content-Length, 2 left to httptools.
+# Each has a role: 0 plain, 1 Content-Length, 2 left to httptools, 3 Host (requests: once, valid).
 _KNOWN = (
-    ("host", 0), ("content-type", 0), ("content-length", 1), ("accept", 0), ("connection", 0), ("user-agent", 0),
+    ("host", 3), ("content-type", 0), ("content-length", 1), ("accept", 0), ("connection", 0), ("user-agent", 0),
     ("mcp-session-id", 0), ("mcp-protocol-version", 0), ("origin", 0), ("authorization", 0), ("accept-encoding", 0),
     ("last-event-id", 0), ("mcp-method", 0), ("mcp-name", 0), ("date", 0), ("server", 0), ("cache-control", 0),
     ("keep-alive", 0), ("transfer-encoding", 2), ("upgrade", 2),
@@ -130,8 +136,13 @@ cdef inline Py_ssize_t _value_end(const char* p, Py_ssize_t pos, Py_ssize_t stop
     return pos
 
 
-cdef object _headers(const char* p, Py_ssize_t pos, Py_ssize_t head_end, long max_headers, long long* length):
-    """Header lines in p[pos:head_end]; sets length (-1 when absent). None when not plain."""
+cdef object _headers(
+    const char* p, Py_ssize_t pos, Py_ssize_t head_end, long max_headers, long long* length, int* hosts
+):
+    """Header lines in p[pos:head_end]; sets length (-1 when absent). None when not plain.
+
+    ``hosts`` is NULL for a response; for a request it is set to the number of ``Host``
+    lines (0 or 1: a second one, or an empty or invalid value, is not plain)."""
     cdef dict headers = {}
     cdef Py_ssize_t eol, colon, vs, ve, i
     cdef long count = 0
@@ -141,6 +152,8 @@ cdef object _headers(const char* p, Py_ssize_t pos, Py_ssize_t head_end, long ma
     cdef int known, role
     cdef Py_ssize_t size
     length[0] = -1
+    if hosts != NULL:
+        hosts[0] = 0
     # One pass over each line: the name (checked and lower-cased), then the value (checked)
     # up to its CR. Every scan stops at the CR that ends the head, so none can overrun.
     while pos < head_end:
@@ -181,6 +194,13 @@ cdef object _headers(const char* p, Py_ssize_t pos, Py_ssize_t head_end, long ma
                     return None
                 value_length = value_length * 10 + (c - 48)
             length[0] = value_length
+        elif role == 3 and hosts != NULL:
+            if hosts[0] or ve == vs:
+                return None
+            for i in range(vs, ve):
+                if not HOST[<unsigned char>p[i]]:
+                    return None
+            hosts[0] = 1
         size = len(headers)
         previous = <object>PyDict_SetDefault(headers, key, value)
         if len(headers) == size:  # a repeated header: values joined, as RFC 9110 allows
@@ -197,6 +217,7 @@ def parse_request(bytes data, Py_ssize_t start, long max_url, long max_headers, 
     cdef Py_ssize_t head_end, eol, sp1, sp2, i
     cdef long long length
     cdef bint http11
+    cdef int hosts
     head_end = _find_head_end(p, start, n)
     if head_end < 0 or head_end - start > max_head:
         return None
@@ -221,8 +242,8 @@ def parse_request(bytes data, Py_ssize_t start, long max_url, long max_headers, 
         http11 = False
     else:
         return None
-    headers = _headers(p, eol + 2, head_end, max_headers, &length)
-    if headers is None or length > max_body:
+    headers = _headers(p, eol + 2, head_end, max_headers, &length, &hosts)
+    if headers is None or length > max_body or (http11 and not hosts):  # HTTP/1.1 requires Host
         return None
     if length < 0:
         length = 0
@@ -269,7 +290,7 @@ def parse_response(bytes data, Py_ssize_t start, long max_headers):
     for i in range(start + 13, eol):
         if not VALUE[<unsigned char>p[i]]:
             return None
-    headers = _headers(p, eol + 2, head_end, max_headers, &length)
+    headers = _headers(p, eol + 2, head_end, max_headers, &length, NULL)
     if headers is None or length < 0:
         return None
     if head_end + 4 + length > n:

@@ -11,6 +11,30 @@ A request that arrives whole and plain (the usual case: a few headers and a
 ``gateway._fast.parse_request``; anything else goes to httptools, which also
 answers every malformed input, so both paths apply the same limits and errors.
 
+The edge is strict (RFC 9112), and decides before anything answers: on
+httptools' path in ``on_headers_complete`` (version, then framing, then Host,
+then the target), on the fast path by declining what it would refuse, so that
+httptools' path refuses it. Each refusal is a short text answer with
+``Connection: close``, and the connection closes:
+
+- a version other than HTTP/1.1 or HTTP/1.0 (llhttp reads 0.9 and 2.0, and
+  refuses 1.2 or 3.0 itself; the PRI preface of HTTP/2 too): 505. A request
+  line that is not a version at all (``HTTP/1.x``, ``HTTP/12.0``): 400;
+- ``Transfer-Encoding`` with ``Content-Length``, or in an HTTP/1.0 request: 400;
+  any ``Transfer-Encoding`` but exactly ``chunked`` (case aside): 501;
+- no ``Host`` in an HTTP/1.1 request, two ``Host`` lines, or an empty or invalid
+  value (``HOST_CHARS``: no comma, so joined lines never pass as one): 400. An
+  HTTP/1.0 request may leave ``Host`` out (RFC 9112 3.2 requires it of 1.1 only);
+  the DNS-rebinding gate then decides, as for any request;
+- a target with a fragment (``#``): 400. An absolute-form target
+  (``http://host:port/mcp``) must name this ``Host`` (case aside), or 400; it is
+  routed by its path, and its authority is the ``Host`` header the app sees
+  (RFC 9112 3.2.2), so that the gate judges it;
+- a chunk-size line over ``_CHUNK_LINE_MAX`` bytes, or chunk extensions over
+  ``_CHUNK_EXT_MAX`` bytes in one body: 400 (see ``_ChunkedBody``). Trailer
+  fields are read within ``max_header_bytes`` and dropped, never merged into
+  the header fields the checks above passed.
+
 Requests on one connection may be pipelined: each gets a ``_Cycle`` (the
 ``Reply`` of ``gateway.server.api``). A request is answered by the
 connection's worker, one task that lives as long as the connection (a task
@@ -31,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -38,6 +63,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from gateway._fast import USING_EXTENSIONS, keep_alive, parse_request
+from gateway._fast._http1_py import HOST_CHARS
 from gateway.server import responses as R
 from gateway.server.api import App, Request, TlsRequest
 from gateway.tls import peer_subject
@@ -61,6 +87,18 @@ _FAST_PARSE = USING_EXTENSIONS
 _STATUS_LINES = R.STATUS_LINES
 _SERVER_HEADER = R.SERVER_HEADER
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")}
+_VERSIONS = ("1.1", "1.0")
+# llhttp refuses these itself, before a callback could: httptools gives only its reason
+# text, no error code, so the reason says which answer is not 400 (tests hold them to llhttp's).
+_VERSION_REASONS = frozenset({"Invalid HTTP version", "Pause on PRI/Upgrade"})
+_CODING_REASONS = frozenset(
+    {"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`", "Empty Transfer-Encoding"}
+)
+# Chunk extensions: llhttp reads any length of them and httptools reports none, so they
+# are bounded here (a client could otherwise stream extension bytes for ever, outside every limit).
+_CHUNK_LINE_MAX = 256  # bytes of one chunk-size line: size and extensions, without its CRLF
+_CHUNK_EXT_MAX = 4096  # bytes of chunk extensions in one body
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 
 
 class ServerState:
@@ -82,6 +120,114 @@ class _Reject(Exception):
 def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
     """``name: value`` lines, encoded."""
     return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+
+
+def _valid_host(value: str) -> bool:
+    """Whether ``value`` may be a ``Host`` header (or an absolute-form authority): non-empty, of
+    ``HOST_CHARS`` only. The fast parser declines exactly the values this refuses."""
+    return bool(value) and value.isascii() and HOST_CHARS.issuperset(value.encode("ascii"))
+
+
+def _absolute_path(url: bytes, headers: dict[str, str]) -> bytes:
+    """The path (and query) of an absolute-form target; its authority must be the ``Host``
+    header, if any (case aside), and replaces it (RFC 9112 3.2.2), so that the DNS-rebinding
+    gate judges the name the request is really for. Raises ``_Reject`` (400) otherwise."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise _Reject(R.BAD_TARGET)
+    stop = len(rest)
+    for mark in (b"/", b"?"):
+        at = rest.find(mark)
+        if 0 <= at < stop:
+            stop = at
+    authority = rest[:stop].decode("latin-1")
+    host = headers.get("host")
+    # _valid_host refuses userinfo ("@") and an empty authority.
+    if not _valid_host(authority) or (host is not None and host.lower() != authority.lower()):
+        raise _Reject(R.BAD_TARGET)
+    headers["host"] = authority
+    path = rest[stop:]
+    return path if path[:1] == b"/" else b"/" + path
+
+
+class _ChunkedBody:
+    """A chunked request body read beside llhttp, for what llhttp does not bound.
+
+    httptools reports no chunk extensions, so the bytes of each chunk-size line and the
+    extension bytes of the whole body are counted here (over ``_CHUNK_LINE_MAX`` or
+    ``_CHUNK_EXT_MAX``: 400), and so are the trailer section's (over ``max_trailer``: 431).
+    ``scan`` reads the same bytes before httptools is given them and says where the body
+    ends, so that what follows it (a pipelined request) is fed apart. llhttp remains the
+    judge of the syntax (this reads just enough of it to find lines); the two must agree
+    on where the body ends, or the request is refused (``HttpProtocol._feed``).
+    """
+
+    __slots__ = ("line", "left", "extensions", "trailers", "trailer_line", "in_trailers", "max_trailer", "done")
+
+    def __init__(self, max_trailer: int) -> None:
+        self.line = b""  # the chunk-size line so far (bounded: at most _CHUNK_LINE_MAX + 1 bytes)
+        self.left = 0  # bytes of chunk data, and its CRLF, still to come
+        self.extensions = 0
+        self.in_trailers = False
+        self.trailers = 0  # bytes of the trailer section so far
+        self.trailer_line = 0  # bytes of its current line so far, without LF
+        self.max_trailer = max_trailer
+        self.done = False
+
+    def scan(self, data: bytes, pos: int) -> int:
+        """Read ``data[pos:]``: the offset just past the body's end, or -1 when it ends later.
+
+        Raises ``_Reject`` when a bound is passed."""
+        end = len(data)
+        while pos < end:
+            if self.left:  # chunk data: nothing to read in it
+                step = min(self.left, end - pos)
+                self.left -= step
+                pos += step
+                continue
+            newline = data.find(b"\n", pos)
+            stop = end if newline < 0 else newline
+            if self.in_trailers:
+                if self._trailer_bytes(stop - pos, newline >= 0):
+                    self.done = True
+                    return newline + 1
+            else:
+                if len(self.line) + stop - pos > _CHUNK_LINE_MAX + 1:  # + 1: the line's CR
+                    raise _Reject(R.CHUNK_LINE_TOO_LONG)
+                self.line += data[pos:stop]
+                if newline >= 0:
+                    self._size_line()
+            if newline < 0:
+                return -1
+            pos = newline + 1
+        return -1
+
+    def _size_line(self) -> None:
+        """A whole chunk-size line was read: its size says how much data follows."""
+        line, self.line = self.line.removesuffix(b"\r"), b""  # no CR: llhttp refuses the line
+        size = _CHUNK_SIZE.match(line)
+        if size is None:
+            raise _Reject(R.BAD_REQUEST)  # as llhttp would: a chunk-size line starts with its size
+        self.extensions += len(line) - size.end()
+        if self.extensions > _CHUNK_EXT_MAX:
+            raise _Reject(R.CHUNK_LINE_TOO_LONG)
+        length = int(size.group(), 16)
+        if length:
+            self.left = length + 2  # its data, then CRLF
+        else:
+            self.in_trailers = True  # the last chunk: trailer fields, then an empty line
+
+    def _trailer_bytes(self, count: int, line_ends: bool) -> bool:
+        """``count`` more bytes of a trailer line (and its LF if ``line_ends``): True at the empty line."""
+        self.trailers += count + line_ends
+        if self.trailers > self.max_trailer:
+            raise _Reject(R.HEADERS_TOO_LARGE)
+        self.trailer_line += count
+        if not line_ends:
+            return False
+        empty = self.trailer_line <= 1  # just its CR (a bare LF is llhttp's to refuse)
+        self.trailer_line = 0
+        return empty
 
 
 class _Cycle:
@@ -224,6 +370,9 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[str, str] = {}
         self.header_count = 0
+        self.host_lines = 0  # counted apart: repeated lines are joined in ``headers``
+        self.content_length = -1
+        self.chunks: _ChunkedBody | None = None  # a chunked body being read
         self.body: list[bytes] = []
         self.body_size = 0
 
@@ -256,11 +405,8 @@ class HttpProtocol(asyncio.Protocol):
             data = self._parse_whole(data)
             if not data:
                 return
-        if self.in_headers and self._header_section_too_large(data):
-            self._reject(R.HEADERS_TOO_LARGE)
-            return
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except _Reject as exc:
             self._reject(exc.response)
         except httptools.HttpParserCallbackError as exc:
@@ -270,8 +416,8 @@ class HttpProtocol(asyncio.Protocol):
                 log.warning("parser callback failed", exc_info=cause)
         except httptools.HttpParserUpgrade:
             self._reject(R.BAD_REQUEST)
-        except httptools.HttpParserError:
-            self._reject(R.BAD_REQUEST)
+        except httptools.HttpParserError as exc:
+            self._reject(self._refusal(str(exc)))
         else:
             # A header section split over reads gets header_timeout to complete. The
             # timer is armed only then, not for every request (most arrive whole).
@@ -311,6 +457,79 @@ class HttpProtocol(asyncio.Protocol):
                 return b""  # the connection closes after this response: nothing more is read
         return data[start:] if start else data
 
+    def _feed(self, data: bytes) -> None:
+        """Give ``data`` to httptools, cut where a header section or a body ends.
+
+        The cuts change nothing for llhttp (it reads a stream); they let a chunked body be
+        read beside it from its first byte (``_ChunkedBody``), which needs to know where each
+        body starts: after the header section (its first blank line), after ``Content-Length``
+        bytes, after the chunked body's end. Usually there is one piece: a whole request, or
+        a part of one."""
+        feed = self.parser.feed_data
+        start = 0
+        end = len(data)
+        view: memoryview | None = None
+        while start < end:
+            chunked_end = False
+            if self.in_headers:
+                cut = self._head_end(data, start)
+            elif self.chunks is not None:
+                cut = self.chunks.scan(data, start)
+                chunked_end = cut >= 0
+            elif self.content_length >= 0:
+                cut = start + self.content_length - self.body_size
+            else:
+                cut = end
+            if cut <= start or cut >= end:  # (cut <= start cannot happen; never loop without feeding)
+                cut = end
+            if start == 0 and cut == end:
+                feed(data)
+            else:
+                if view is None:
+                    view = memoryview(data)
+                feed(view[start:cut])
+            start = cut
+            if chunked_end and self.in_message:
+                raise _Reject(R.BAD_FRAMING)  # llhttp reads the chunked body as longer than we do
+
+    def _head_end(self, data: bytes, start: int) -> int:
+        """Offset in ``data`` just past the blank line that ends the header section being
+        read, or ``len(data)``. Raises ``_Reject`` (431) when the section outgrows
+        ``max_header_bytes``: httptools would buffer it without limit."""
+        found = -1
+        tail = self.tail  # the end of the previous read, if the section began there
+        if tail:
+            joint = (tail + data[start : start + 3]).find(b"\r\n\r\n")
+            if joint >= 0:
+                found = start + joint + 4 - len(tail)
+        if found < 0:
+            found = data.find(b"\r\n\r\n", start)
+            if found >= 0:
+                found += 4
+        if found >= 0:
+            size = self.header_bytes + found - 4 - start
+            # Leading blank lines may end no section (llhttp skips them): count them, search on.
+            self.header_bytes += found - start
+            self.tail = b""
+        else:
+            size = self.header_bytes = self.header_bytes + len(data) - start
+            self.tail = (tail + data[start:])[-3:] if len(data) - start < 3 else data[-3:]
+        if size > self.config.max_header_bytes:
+            raise _Reject(R.HEADERS_TOO_LARGE)
+        return found if found >= 0 else len(data)
+
+    def _refusal(self, reason: str) -> bytes:
+        """The answer to input llhttp refused, from its reason: 400 unless the refusal is one
+        of those the module docstring gives another status."""
+        if reason in _VERSION_REASONS:
+            return R.VERSION_NOT_SUPPORTED
+        if reason in _CODING_REASONS:  # refused in the header section: the version was one
+            version = self.parser.get_http_version()
+            if version not in _VERSIONS:
+                return R.VERSION_NOT_SUPPORTED
+            return R.NOT_IMPLEMENTED if version == "1.1" else R.BAD_FRAMING
+        return R.BAD_REQUEST
+
     # -- parser callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -320,6 +539,9 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = {}
         self.header_count = 0
+        self.host_lines = 0
+        self.content_length = -1
+        self.chunks = None
         self.body = []
         self.body_size = 0
 
@@ -332,11 +554,15 @@ class HttpProtocol(asyncio.Protocol):
         self.header_count += 1
         if self.header_count > self.config.max_headers:
             raise _Reject(R.HEADERS_TOO_LARGE)
+        if not self.in_headers:
+            return  # a trailer field: dropped, never merged into the fields already checked
         key = _HEADER_NAMES.get(name)
         if key is None:
             key = name.decode("latin-1").lower()
             if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
                 _HEADER_NAMES[name] = key
+        if key == "host":
+            self.host_lines += 1
         text = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing whitespace; RFC 9110 drops it
         previous = self.headers.get(key)
         self.headers[key] = text if previous is None else f"{previous}, {text}"
@@ -349,15 +575,49 @@ class HttpProtocol(asyncio.Protocol):
         if self.header_timer is not None:
             self.header_timer.cancel()
             self.header_timer = None
+        # In the order of the module docstring: nothing is read of a request whose version
+        # or framing is refused, so those are judged first.
+        version = self.parser.get_http_version()
+        if version not in _VERSIONS:
+            raise _Reject(R.VERSION_NOT_SUPPORTED)
         headers = self.headers
-        if "transfer-encoding" in headers and "content-length" in headers:
-            raise _Reject(R.BAD_REQUEST)  # request smuggling guard
+        self._check_framing(headers, version)
+        self._check_host(headers, version)
+        self._check_target(headers)
+
+    def _check_framing(self, headers: dict[str, str], version: str) -> None:
+        """``Transfer-Encoding`` and ``Content-Length``: at most one, and each one we can read."""
+        coding = headers.get("transfer-encoding")
         length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
+        if coding is not None:
+            if length is not None or version == "1.0":  # request smuggling guard; 1.0 has no codings
+                raise _Reject(R.BAD_FRAMING)
+            if coding.lower() != "chunked":  # joined lines too: "chunked, chunked" is not chunked
+                raise _Reject(R.NOT_IMPLEMENTED)
+            self.chunks = _ChunkedBody(self.config.max_header_bytes)
+        elif length is not None:
+            if not (length.isdigit() and length.isascii()):
                 raise _Reject(R.BAD_REQUEST)
-            if int(length) > self.config.max_body_bytes:
+            self.content_length = int(length)
+            if self.content_length > self.config.max_body_bytes:
                 raise _Reject(R.PAYLOAD_TOO_LARGE)
+
+    def _check_host(self, headers: dict[str, str], version: str) -> None:
+        """One valid ``Host`` line; HTTP/1.1 requires it, HTTP/1.0 may leave it out."""
+        host = headers.get("host")
+        if host is None:
+            if version == "1.1":
+                raise _Reject(R.BAD_HOST)
+        elif self.host_lines > 1 or not _valid_host(host):
+            raise _Reject(R.BAD_HOST)
+
+    def _check_target(self, headers: dict[str, str]) -> None:
+        """No fragment; an absolute-form target becomes its path, and its authority the Host."""
+        url = self.url
+        if b"#" in url:
+            raise _Reject(R.BAD_TARGET)
+        if url[:1] != b"/" and url != b"*":  # absolute-form: llhttp refused every other form
+            self.url = _absolute_path(url, headers)
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -366,6 +626,10 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.chunks is not None:
+            done, self.chunks = self.chunks.done, None
+            if not done:
+                raise _Reject(R.BAD_FRAMING)  # llhttp ended the chunked body before we did
         self.in_headers = True
         self.in_message = False
         parser = self.parser
@@ -412,17 +676,6 @@ class HttpProtocol(asyncio.Protocol):
         wakeup, self.wakeup = self.wakeup, None
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
-
-    def _header_section_too_large(self, data: bytes) -> bool:
-        """Count header bytes before the parser sees them (it would buffer without limit)."""
-        end = (self.tail + data).find(b"\r\n\r\n")
-        if end >= 0:
-            size = self.header_bytes + end - len(self.tail)
-        else:
-            size = self.header_bytes + len(data)
-            self.header_bytes = size
-            self.tail = data[-3:]
-        return size > self.config.max_header_bytes
 
     async def _serve(self) -> None:
         """The connection's worker: hand each request it is given to the app until the

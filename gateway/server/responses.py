@@ -18,7 +18,7 @@ __all__ = [
     "canned",
 ]
 
-_STATUSES = (200, 202, 204, 400, 401, 403, 404, 405, 406, 408, 409, 413, 414, 415, 421, 429, 431, 500, 503, 504)
+_STATUSES = (200, 202, 204, 400, 401, 403, 404, 405, 406, 408, 409, 413, 414, 415, 421, 429, 431, 500, 501, 503, 504, 505)
 
 
 def _status_line(code: int) -> bytes:
@@ -56,6 +56,13 @@ def canned(status: int, body: bytes = b"", content_type: bytes = b"text/plain; c
 
 
 BAD_REQUEST = canned(400, b"malformed HTTP request\n")
+# The strict edge (gateway.server.protocol): what RFC 9112 refuses, each with its reason.
+BAD_HOST = canned(400, b"Host header missing, repeated or invalid\n")
+BAD_TARGET = canned(400, b"request target refused: a fragment, or an absolute URI that is not this Host\n")
+BAD_FRAMING = canned(400, b"conflicting message framing\n")
+CHUNK_LINE_TOO_LONG = canned(400, b"chunk size line or chunk extensions too long\n")
+NOT_IMPLEMENTED = canned(501, b"transfer coding not implemented: only chunked is\n")
+VERSION_NOT_SUPPORTED = canned(505, b"HTTP version not supported: HTTP/1.1 and HTTP/1.0 are\n")
 REQUEST_TIMEOUT = canned(408, b"request headers not received in time\n")
 URI_TOO_LONG = canned(414, b"request target too long\n")
 HEADERS_TOO_LARGE = canned(431, b"request header section too large\n")
