@@ -14,7 +14,7 @@ instructions per request and the gateway/floor ratio::
     python -m benchmarks.instructions --scenarios call,call_limited --targets gateway   # a [[limits]] that never refuses
     python -m benchmarks.instructions --scenarios call,call_cached  # every call a cache hit, against the floor proxy's forwarding
     python -m benchmarks.instructions --scenarios call,call_shaped,call_guarded --targets gateway   # defaults; the backend guards
-    python -m benchmarks.instructions --scenarios call,call_metrics,call_observed --targets gateway   # [metrics]; and [audit]
+    python -m benchmarks.instructions --scenarios call,call_metrics,call_observed,call_traced --targets gateway   # [metrics]; [audit]; [tracing]
     python -m benchmarks.instructions --save               # update the committed benchmarks/results/instructions.json
 
 Writes ``instructions.json`` into a new folder ``benchmarks/results/runs/<UTC time>/``
@@ -42,7 +42,7 @@ from benchmarks.run import ROOT, Child, body_for, output_folder
 
 SCENARIOS = (
     "call", "call_stateless", "call_rbac", "call_auth", "call_limited", "call_cached", "call_shaped", "call_guarded",
-    "call_metrics", "call_observed",
+    "call_metrics", "call_observed", "call_traced",
 )
 # call_limited: one bucket per caller and tool that never runs dry, so every call pays a take.
 LIMIT_NEVER_REFUSING = '[[limits]]\nname = "bench"\nkey = ["principal", "tool"]\nrate = 1e9\nburst = 1e9\n'
@@ -54,6 +54,9 @@ SHAPE_ECHO = '[backends.floor.tools.echo]\ndefaults = { lang = "en" }\n'
 # call_metrics: [metrics] on (the observer's counters on every call); call_observed: metrics and a
 # keyed audit log (a record per call, its writer task, the chain's HMAC-SHA256).
 METRICS = "[metrics]\n"
+# call_traced: [tracing] without an exporter: every call continues or starts a trace and passes it on
+# (the general path: the express lane declines traced calls).
+TRACED = "[tracing]\n"
 OBSERVED = '[metrics]\n[audit]\npath = "{path}"\nkey = "bench-audit-key-0123456789abcdef"\n'
 # call_guarded: every per-backend guard on, none ever refusing: the gate, the retry budget, the breaker.
 GUARDS = 'max_concurrency = 1000\nmax_queue = 100\nretries = 1\n[backends.floor.breaker]\n'
@@ -140,6 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     config.write_text(config.read_text() + GUARDS)
                 elif scenario == "call_metrics":  # the call scenario with metrics on
                     config.write_text(config.read_text() + METRICS)
+                elif scenario == "call_traced":  # the call scenario with trace context on
+                    config.write_text(config.read_text() + TRACED)
                 elif scenario == "call_observed":  # the call scenario with metrics and the audit log on
                     config.write_text(config.read_text() + OBSERVED.format(path=workdir / "audit.jsonl"))
                 elif scenario == "call_auth":  # a JWT (verified once, then remembered) and 20 RBAC rules

@@ -198,6 +198,51 @@ async def test_kill_switch_takes_a_tool_out_of_lists_and_calls_at_once(tmp_path:
         child.stop()
 
 
+async def test_kill_switch_under_load_refuses_at_once_and_spares_the_rest(tmp_path: pathlib.Path) -> None:
+    """Callers hammer two tools; one is disabled mid-load: from the moment the admin API answers,
+    every call to it is refused -32057 (none reaches the backend), the other never fails."""
+    child, _ = start(tmp_path, admin_table() + sdk_backend("local"))
+    stop = asyncio.Event()
+    disabled_at: list[int] = []
+    counts = {"echo_ok": 0, "echo_refused_after": 0, "echo_ok_after": 0, "add_ok": 0}
+    failures: list[BaseException] = []
+
+    async def caller(n: int) -> None:
+        async with Client(child.url, mode="legacy") as client:
+            while not stop.is_set():
+                sent_after = bool(disabled_at)  # the disable had been answered before this call went out
+                try:
+                    await client.call_tool("local__echo", {"text": f"c{n}"})
+                    counts["echo_ok_after" if sent_after else "echo_ok"] += 1
+                except MCPError as exc:
+                    if exc.code != -32057:
+                        failures.append(exc)
+                    elif sent_after:
+                        counts["echo_refused_after"] += 1
+                try:
+                    result = await client.call_tool("local__add", {"a": n, "b": 1})
+                    assert result.content[0].text == str(n + 1)
+                    counts["add_ok"] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure of the spared tool is counted
+                    failures.append(exc)
+
+    try:
+        callers = [asyncio.create_task(caller(n)) for n in range(4)]
+        await eventually(lambda: counts["echo_ok"] >= 20, timeout=30, message="the load did not start")
+        status, _, _ = await call_admin(child, "POST", "/admin/disable", body={"tool": "local__echo"})
+        assert status == 200
+        disabled_at.append(counts["add_ok"])
+        await eventually(lambda: counts["echo_refused_after"] >= 20 and counts["add_ok"] >= disabled_at[0] + 20,
+                         timeout=30, message="the load stopped after the kill switch")
+        stop.set()
+        await asyncio.gather(*callers)
+    finally:
+        stop.set()
+        child.stop()
+    assert not failures, failures[:3]
+    assert counts["echo_ok_after"] == 0, counts  # nothing sent after the switch was answered got through
+
+
 async def test_kill_switch_backend_and_bad_bodies(tmp_path: pathlib.Path) -> None:
     child, _ = start(tmp_path, admin_table() + sdk_backend("local") + sdk_backend("other"))
     try:
