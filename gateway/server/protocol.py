@@ -264,8 +264,24 @@ class _Cycle:
         self.head_sent = True
         # bytes: header lines encoded already (the hot path's constants), so no call for them.
         lines = headers if headers.__class__ is bytes else _header_lines(headers)  # type: ignore[arg-type]
+        proto = self.proto
+        cycles = proto.cycles
+        if (
+            self.keep_alive and proto.http11 and proto.idle_timer is not None and self._waiter is None
+            and len(cycles) == 1 and cycles[0] is self and not proto.reading_paused and not proto.state.shutting_down
+        ):
+            # The common case, inline (_emit, _connection_header, _finish, _cycle_done): the
+            # connection's only exchange, kept alive, nobody waiting on it: write it, and the
+            # connection is idle again (its idle timer runs already: it reads last_active).
+            self.done = True
+            cycles.popleft()
+            proto.transport.write(b"%b%b%bcontent-length: %d\r\n\r\n%b" % (  # type: ignore[union-attr]
+                _STATUS_LINES[status], _SERVER_HEADER, lines, len(body), body
+            ))
+            proto.last_active = proto.loop.time()
+            return
         # One format operation for the whole response (content-length in it, not a bytes of its own).
-        self.proto._emit(self, b"%b%b%bcontent-length: %d\r\n%b\r\n%b" % (
+        proto._emit(self, b"%b%b%bcontent-length: %d\r\n%b\r\n%b" % (
             _STATUS_LINES[status], _SERVER_HEADER, lines, len(body), self._connection_header(), body
         ))
         self._finish()
