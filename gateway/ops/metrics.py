@@ -274,12 +274,7 @@ class Metrics(Collector):
 
     def limiter_refused(self, limit: str) -> None:
         """The rate limit named ``limit`` refused a request (``mcp_gateway_limiter_refusals_total``)."""
-        counts = self._limiter
-        n = counts.get(limit)
-        if n is None:
-            limit = self._limits(limit)
-            n = counts.get(limit, 0)
-        counts[limit] = n + 1
+        _count(self._limiter, self._limits, limit)
 
     def cache_hit(self) -> None:
         """The cache answered a request (``mcp_gateway_cache_hits_total``)."""
@@ -296,12 +291,7 @@ class Metrics(Collector):
     def auth_failed(self, reason: str) -> None:
         """A credential was refused, for ``reason`` (``mcp_gateway_auth_failures_total``): a
         short fixed word such as ``invalid_token``, never the error's text."""
-        counts = self._auth
-        n = counts.get(reason)
-        if n is None:
-            reason = self._reasons(reason)
-            n = counts.get(reason, 0)
-        counts[reason] = n + 1
+        _count(self._auth, self._reasons, reason)
 
     def audit_dropped(self, n: int = 1) -> None:
         """The audit queue was full and ``n`` records were dropped (``mcp_gateway_audit_dropped_total``)."""
@@ -458,6 +448,15 @@ class Metrics(Collector):
                 log.warning("metrics source %r failed; left out of scrapes while it fails (logged once)", name,
                             exc_info=True)
             return None
+
+
+def _count(counts: dict[str, int], bound: _Bound, value: str) -> None:
+    """One more under ``value`` (or under what ``bound`` makes of a value not seen yet)."""
+    n = counts.get(value)
+    if n is None:
+        value = bound(value)
+        n = counts.get(value, 0)
+    counts[value] = n + 1
 
 
 def _backend_sample(row: tuple) -> BackendSample:
