@@ -1,6 +1,6 @@
 """The ``mcp-gateway`` command.
 
-    mcp-gateway serve [--config FILE] [--host HOST] [--port PORT] [--workers N]
+    mcp-gateway serve [--config FILE] [--host HOST] [--port PORT] [--workers N] [--watch] [--log-format json]
     mcp-gateway check FILE
     mcp-gateway stdio [--config FILE]
     mcp-gateway audit verify LOG [--key-env NAME]
@@ -35,6 +35,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("gateway")
 
+_WATCH_INTERVAL = 1.0  # seconds between two looks at the --config file (--watch)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="One MCP endpoint in front of many MCP servers.")
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", default="plain", choices=["plain", "json"],
                        help="log lines as text (default) or one JSON object each (the access log's fields too)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--watch", action="store_true",
+                       help="reload when the --config file changes (checked every second), as SIGHUP does")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config file and print what would run")
     check.add_argument("file", metavar="FILE")
@@ -102,6 +106,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
         return 2
     argv = ["serve", "--log-level", args.log_level, "--log-format", args.log_format]
     argv += ["--config", args.config] if args.config else []
+    argv += ["--watch"] if args.watch else []
     server = config.server
     scheme = "https" if server.tls_cert_file is not None else "http"
     try:
@@ -263,6 +268,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await gateway.stop()
         return 1
     loop = asyncio.get_running_loop()
+    watcher = loop.create_task(_watch(args.config, reload)) if reload is not None and args.watch else None
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: gateway._spawn(_reload_quietly(reload)))
     else:  # the demo has no file to read again: SIGHUP is logged, not fatal
@@ -277,6 +283,8 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await server.serve_until_signal(ready, draining)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         await gateway.stop()
         if admin is not None:
@@ -323,16 +331,40 @@ def _reloader(gateway: Any, args: argparse.Namespace) -> Callable[[], Any]:
     return reload
 
 
-async def _reload_quietly(reload: Callable[[], Any]) -> None:
-    """SIGHUP: reload, and say in one log line what happened (never a traceback for a bad file)."""
+async def _reload_quietly(reload: Callable[[], Any], why: str = "SIGHUP") -> None:
+    """SIGHUP (or ``--watch``): reload, and say in one log line what happened (never a
+    traceback for a bad file)."""
     from gateway.ops.reload import ReloadRefused
 
     try:
         done = await reload()
     except (ConfigError, ReloadRefused) as exc:
-        log.error("SIGHUP: reload refused, the running config is kept: %s", exc)
+        log.error("%s: reload refused, the running config is kept: %s", why, exc)
     else:
-        log.info("SIGHUP: reloaded (%s)", done["backends"])
+        log.info("%s: reloaded (%s)", why, done["backends"])
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed file: modification time, size and inode (an editor's rename-over
+    changes the inode); None while it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+async def _watch(path: str, reload: Callable[[], Any], interval: float = _WATCH_INTERVAL) -> None:
+    """``--watch``: reload whenever the config file changes (polled every ``interval`` seconds:
+    no inotify dependency, and it works on every filesystem a config is mounted from). A file
+    that is missing (mid-rename) is waited for; a bad one is refused like SIGHUP's."""
+    last = _stamp(path)
+    while True:
+        await asyncio.sleep(interval)
+        now = _stamp(path)
+        if now is not None and now != last:
+            last = now
+            await _reload_quietly(reload, f"{path} changed")
 
 
 def _exposure_warnings(config: Config, port: int) -> None:

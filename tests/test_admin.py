@@ -363,6 +363,30 @@ async def test_sighup_and_admin_reload_apply_a_good_file_and_refuse_a_bad_one(tm
         child.stop()
 
 
+async def test_watch_reloads_a_changed_file_and_refuses_a_bad_one(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(admin_table() + sdk_backend("local"))
+    child = gateway(path, "--watch")
+
+    async def backends() -> set[str]:
+        return set((await call_admin(child, "GET", "/admin/backends"))[2]["backends"])
+
+    try:
+        assert await backends() == {"local"}
+        path.write_text(admin_table() + sdk_backend("local") + sdk_backend("other"))
+        async def reloaded() -> bool:
+            return await backends() == {"local", "other"}
+
+        await eventually(reloaded, timeout=30, message="--watch did not reload")
+        path.write_text(admin_table() + sdk_backend("local") + "[backends.bad]\nurl = 1\n")
+        await eventually(lambda: "changed: reload refused, the running config is kept" in child.stderr_text(),
+                         timeout=30, message="a bad file was not refused")
+        assert await backends() == {"local", "other"}  # the running config keeps serving
+        assert "Traceback" not in child.stderr_text()
+    finally:
+        child.stop()
+
+
 async def test_kill_switch_survives_a_reload(tmp_path: pathlib.Path) -> None:
     child, path = start(tmp_path, admin_table() + sdk_backend("local"))
     try:
