@@ -69,7 +69,7 @@ async def test_metrics_count_what_happened_and_promtool_accepts_them(tmp_path: p
     text = (
         user_keys() + admin_table(public_paths=["/healthz", "/metrics"]) + "[metrics]\n"
         + '[[limits]]\nname = "tight"\nkey = ["principal"]\ntools = ["local__add"]\nrate = 0.001\nburst = 1\n'
-        + sdk_backend("local")
+        + sdk_backend("local") + "[backends.local.breaker]\n"
     )
     child = start(tmp_path, text)
     try:
@@ -92,6 +92,8 @@ async def test_metrics_count_what_happened_and_promtool_accepts_them(tmp_path: p
         assert value(samples, "mcp_gateway_request_duration_seconds_count", backend="local") == 5
         assert value(samples, "mcp_gateway_backend_up", backend="local") == 1
         assert value(samples, "mcp_gateway_stdio_restarts_total", backend="local") == 0
+        assert value(samples, "mcp_gateway_breaker_state", backend="local") == 0  # closed
+        assert value(samples, "mcp_gateway_breaker_trips_total", backend="local") == 0
         assert value(samples, "mcp_gateway_sessions") == 1
         assert value(samples, "mcp_gateway_in_flight") == 0
         failures = {dict(labels)["reason"]: n for (name, labels), n in samples.items()
@@ -126,6 +128,24 @@ async def test_metrics_off_is_404_and_reload_keeps_the_counters(tmp_path: pathli
         assert (await client.post(call("local__echo", 2, text="y"))).status_code == 200
         _, samples = await scrape(child)
         assert value(samples, "mcp_gateway_requests_total", **labels) == 2  # one family across reloads
+    finally:
+        child.stop()
+
+
+async def test_a_stdio_backend_that_dies_is_counted_down_then_restarted(tmp_path: pathlib.Path) -> None:
+    child = start(tmp_path, admin_table(public_paths=["/metrics"]) + "[metrics]\n"
+                  + sdk_backend("local", restart_initial_delay=0.2))
+    try:
+        client = KeyClient(child.port, None)
+        assert (await client.open()).status_code == 200
+        await client.post(call("local__crash", 1))  # the process exits: the call fails, the backend restarts
+
+        async def restarted() -> bool:
+            _, samples = await scrape(child)
+            return (value(samples, "mcp_gateway_stdio_restarts_total", backend="local") == 1
+                    and value(samples, "mcp_gateway_backend_up", backend="local") == 1)
+
+        await eventually(restarted, timeout=30, message="the restart was not counted, or the backend stayed down")
     finally:
         child.stop()
 
