@@ -229,8 +229,9 @@ async def test_access_log_in_json_names_who_called_what(tmp_path: pathlib.Path) 
             lines = [json.loads(line) for line in child.stderr_text().splitlines() if line.startswith("{")]
             return [line for line in lines if line["logger"] == "gateway.access"]
 
-        await eventually(lambda: len(access()) >= 1, message="no access log line")
-        line = access()[0]
+        await eventually(lambda: len(access()) >= 2, message="no access log lines")
+        line, unknown = access()[:2]
+        assert unknown["name"] == "local__nope" and unknown["outcome"] == "error" and unknown["backend"] is None
         assert line["principal"].endswith("/alice") and line["method"] == "tools/call"
         assert line["name"] == "local__echo" and line["backend"] == "local" and line["status"] == 200
         assert line["outcome"] == "ok" and line["latency_ms"] > 0 and line["level"] == "info"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.errors import Disabled, InvalidParams, ResourceNotFound
+from gateway.errors import Disabled, GatewayError, InvalidParams, ResourceNotFound
 from gateway.policy.admission import Admission, Pending, Route, Verdict
 from gateway.protocol.jsonrpc import UNSET, Raw, decode_any, decode_params, encode
 
@@ -91,21 +91,30 @@ class Routing:
         """A name the routing table does not know: the kill switch's refusal (-32057, 403) when it
         is disabled, else the passthrough backend's, or the unknown-name error."""
         catalog = self.catalog
+        key = "name" if kind != "resource" else "uri"
+        error: GatewayError
         if catalog.disabled_tools or catalog.disabled_backends:
             reason = catalog.disabled_reason(kind, value)
             if reason is not None:
-                error = Disabled(f"{reason} by an operator", data={"name" if kind != "resource" else "uri": value})
-                if ctx is not None and self.admission.observes_outcomes:
-                    # Refused before admission: the observer (metrics, audit) still sees the decision.
-                    self.admission.outcome(ctx.principal, ctx, _METHOD_OF[kind], value, None, None, error, None)
+                error = Disabled(f"{reason} by an operator", data={key: value})
+                self._refused(ctx, kind, value, error)
                 raise error
         if self.passthrough and self.catalog.backends:
             # Passthrough: the backend answers for names it did not list, as it would directly.
             return (next(iter(self.catalog.backends.values())), value)
-        key = "name" if kind != "resource" else "uri"
         if kind == "resource" and (ctx is None or ctx.era == "handshake"):
-            raise ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
-        raise InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
+            error = ResourceNotFound(f"resource not found: {value}", data={key: value}, spec_data={"uri": value})
+        else:
+            error = InvalidParams(f"unknown {kind}: {value}", reason=f"unknown_{kind}", data={key: value})
+        self._refused(ctx, kind, value, error)
+        raise error
+
+    def _refused(self, ctx: RequestContext | None, kind: str, value: str, error: GatewayError) -> None:
+        """A routed request refused before admission (disabled, unknown): the observer (metrics,
+        audit, access log) still sees the decision. ``ctx`` None: the express lane, which declines
+        and leaves the request to the general path, which reports it."""
+        if ctx is not None and self.admission.observes_outcomes:
+            self.admission.outcome(ctx.principal, ctx, _METHOD_OF[kind], value, None, None, error, None)
 
     def admit(self, ctx: RequestContext, method: str, name: str, route: Route, params: dict[str, Raw]) -> Route:
         """Admit one resolved request: the route to send it on (``params`` rewritten in place
