@@ -464,3 +464,16 @@ def test_the_key_is_never_shown_in_an_error() -> None:
     with pytest.raises(ConfigError) as info:
         load('[audit]\npath = "a"\nkey = "${K}"\n', K="s3cret\x00-with-a-nul-in-it")
     assert "'audit.key'" in str(info.value) and "s3cret" not in str(info.value)
+
+
+async def test_a_closed_log_hands_later_records_to_its_successor(tmp_path: pathlib.Path) -> None:
+    """A reload's swap: records submitted to the old log after its close() land in the new one."""
+    path = tmp_path / "audit.jsonl"
+    old = await write_log(path, 1, key=KEY)
+    new = AuditLog(config(path, key=KEY))
+    new.start()
+    old.successor = new
+    old.submit({"event": "call", "tool": "late", "principal": "alice"})
+    await new.close()
+    assert [r["tool"] for r in calls(path)] == ["t0", "late"]
+    assert verify([str(path)], KEY.encode()).ok

@@ -202,6 +202,37 @@ async def test_audit_log_loses_nothing_on_sigterm_and_verifies(tmp_path: pathlib
     assert cli.returncode == 0 and cli.stdout.startswith(f"ok: {len(records)} records"), cli.stdout + cli.stderr
 
 
+async def test_a_reload_that_changes_the_audit_table_loses_no_record(tmp_path: pathlib.Path) -> None:
+    """The same file, other options, reloaded while a call is in flight: the call admitted under
+    the old log is recorded by the new one, and the chain stays one chain."""
+    log_path = tmp_path / "audit.jsonl"
+    audit = f'[audit]\npath = "{log_path}"\nkey = "${{AUDIT_KEY}}"\n'
+    path = tmp_path / "gateway.toml"
+    child = start(tmp_path, admin_table() + audit + sdk_backend("local"), env={"AUDIT_KEY": AUDIT_KEY})
+    try:
+        client = KeyClient(child.port, None)
+        assert (await client.open()).status_code == 200
+        slow = asyncio.create_task(client.post(call("local__slow", 1, seconds=1.0)))
+
+        async def in_flight() -> bool:
+            _, _, body = await call_admin(child, "GET", "/admin/sessions")
+            return any(s["in_flight"] for s in body["sessions"])
+
+        await eventually(in_flight, message="the slow call never reached the gateway")
+        path.write_text(admin_table() + audit + 'redact = ["text"]\n' + sdk_backend("local"))
+        status, _, body = await call_admin(child, "POST", "/admin/reload")
+        assert status == 200, body
+        assert (await asyncio.wait_for(slow, 30)).status_code == 200
+        assert (await client.post(call("local__echo", 2, text="after"))).status_code == 200
+    finally:
+        assert child.stop() == 0
+    result = verify([str(log_path)], AUDIT_KEY.encode())
+    assert result.ok, result.message
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [r["name"] for r in records if r.get("method") == "tools/call"] == ["local__slow", "local__echo"]
+    assert [r["event"] for r in records if r.get("event") in ("start", "close")] == ["start", "close", "start", "close"]
+
+
 def test_an_audit_log_that_cannot_be_opened_is_a_one_line_error(tmp_path: pathlib.Path) -> None:
     (tmp_path / "audit.jsonl").write_text("this is not an audit log\n")
     path = tmp_path / "gateway.toml"

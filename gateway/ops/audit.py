@@ -421,6 +421,9 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._idle = False  # the writer waits with nothing queued: the next submit wakes it
+        self.successor: AuditLog | None = None
+        """After ``close()``: the log that takes records submitted later (a reload's new log);
+        None: they are written to this file at once (with a close record)."""
         self._drop_notice: dict[str, Any] | None = None
         self._notices: list[dict[str, Any]] = []  # to write first in the next batch
         self._synced_at = 0.0
@@ -444,6 +447,9 @@ class AuditLog:
 
     def submit(self, record: dict[str, Any]) -> None:
         """Queue ``record`` (the log owns the dict from now on); synchronous, never raises."""
+        if self._closed and self.successor is not None:
+            self.successor.submit(record)  # a call admitted before a reload, ended after it
+            return
         try:
             if "ts" not in record:
                 record["ts"] = time.time()

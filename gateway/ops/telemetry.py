@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from gateway.ops.audit import AuditLog
+from gateway.ops.audit import AuditError, AuditLog
 from gateway.ops.metrics import Metrics
 from gateway.ops.observe import Observer
 
@@ -104,20 +104,34 @@ class Telemetry:
         """A reload to ``config``: keep what did not change, swap what did (before the new
         admission chain, made by ``observer()``, goes live)."""
         if config.audit != self._audit_config:
-            new = _audit_log(config.audit, self.worker)
-            old, self.audit = self.audit, None
-            if old is not None:
-                await old.close()  # flushed before the new one opens: the same file may be kept
-            if new is not None:
-                new.start()
-            self.audit = new
-            self._audit_config = config.audit
-            if self.metrics is not None:
-                self._watch_audit(self.metrics)
+            await self._swap_audit(config.audit)
         if config.metrics != self._metrics_config:
             self.metrics = self._new_metrics(config) if config.metrics is not None else None
             self._metrics_config = config.metrics
         self.access = config.server.access_log
+
+    async def _swap_audit(self, wanted: AuditConfig | None) -> None:
+        """Close the running audit log (flushed: the new one may write the same file, which the
+        old one locks) and open the new one; records of calls still in flight go to the new log
+        (``AuditLog.successor``). A new log that cannot be opened is refused with one log line,
+        and the old table's log is opened again: the audit never stops by a reload."""
+        old = self.audit
+        if old is not None:
+            await old.close()
+        new = _audit_log(wanted, self.worker)
+        if new is not None:
+            try:
+                new.start()
+            except AuditError as exc:
+                log.error("reload: [audit] cannot be used, the previous audit log goes on: %s", exc)
+                wanted, new = self._audit_config, _audit_log(self._audit_config, self.worker)
+                if new is not None:
+                    new.start()
+        if old is not None:
+            old.successor = new
+        self.audit, self._audit_config = new, wanted
+        if self.metrics is not None:
+            self._watch_audit(self.metrics)
 
     def cache_replaced(self) -> None:
         """The cache is about to be replaced (a reload): its counters so far become the base."""
