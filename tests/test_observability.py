@@ -284,3 +284,31 @@ async def test_access_log_plain(tmp_path: pathlib.Path, fmt: str) -> None:
         assert " - tools/call local__echo backend=local status=200 outcome=ok " in line, line
     finally:
         child.stop()
+
+
+async def test_each_worker_writes_its_own_audit_chain(tmp_path: pathlib.Path) -> None:
+    """--workers 2: one chain per process (PATH.w0, PATH.w1), each intact after SIGTERM, all calls in them."""
+    log_path = tmp_path / "audit.jsonl"
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[audit]\npath = "{log_path}"\nfsync = "never"\n' + sdk_backend("local"))
+    child = Child(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0", "--workers", "2"],
+        "mcp-gateway listening on",
+    )
+    try:
+        assert child.lines[-1].endswith("(2 workers)")
+        port = int(child.lines[-1].split()[3].rsplit(":", 1)[1].split("/")[0])
+        for i in range(8):  # fresh connections: either worker may take each
+            client = KeyClient(port, None)
+            assert (await client.open()).status_code == 200
+            assert (await client.post(call("local__echo", i, text=f"w{i}"))).status_code == 200
+    finally:
+        assert child.stop() == 0
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("audit.jsonl"))
+    assert files == ["audit.jsonl.w0", "audit.jsonl.w1"], files
+    names = []
+    for name in files:
+        result = verify([str(tmp_path / name)])
+        assert result.ok, result.message
+        names += [json.loads(line).get("name") for line in (tmp_path / name).read_text().splitlines()]
+    assert names.count("local__echo") == 8
