@@ -616,6 +616,9 @@ async def test_a_stdio_backend_has_the_gate_and_the_breaker_too() -> None:
             await eventually(lambda: gw.web.state.value == "ready", message="the process did not come back")
             crashed = await client.call("web__crash", request_id=10 + i)
             assert (crashed.status, crashed.reason) == (503, "backend_exited")
+        # Back up (a backend that is down is not routed to, whatever its breaker says): the
+        # breaker, open for 60 s, now refuses at once.
+        await eventually(lambda: gw.web.state.value == "ready", message="the process did not come back")
         opened = await client.call("web__echo", {"text": "x"}, request_id=3)
         assert (opened.status, opened.code) == (503, -32056)
 
