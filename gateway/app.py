@@ -27,6 +27,7 @@ from gateway.server.api import Reply, Request
 from gateway.ops.killswitch import KillSwitch
 from gateway.ops.reload import BackendPlan, ReloadRefused, plan_reload
 from gateway.ops.tracing import tracer_for
+from gateway.ops.observe import write_access
 from gateway.ops.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class Gateway:
         self.tracer = tracer_for(config.tracing)
         self.front.use_tracer(self.tracer)
         self.front.on_auth_failure = self.telemetry.auth_failed
+        self.front.on_access = write_access if self.telemetry.access else None
         self.telemetry.watch(lambda: len(self.sessions), self._backend_rows)
         # The HTTP protocol offers each request here first (see gateway.front.express).
         self.express = self.front.express
@@ -242,6 +244,7 @@ class Gateway:
         self.catalog.replace_backends(self.backends)
         self.telemetry.cache_replaced()  # with the swap (no await between): no hit counted twice or lost
         self.front.reconfigure(config, admission, authenticator)
+        self.front.on_access = write_access if self.telemetry.access else None
         if tracer is not self.tracer:  # [tracing] changed: the new tracer from the next request on
             old_tracer, self.tracer = self.tracer, tracer
             self.front.use_tracer(tracer)

@@ -252,16 +252,23 @@ async def test_access_log_in_json_names_who_called_what(tmp_path: pathlib.Path) 
     child = start(tmp_path, text, "--log-format", "json")
     try:
         client = KeyClient(child.port, f"Bearer {USER_KEY}")
-        assert (await client.open()).status_code == 200
+        assert (await client.open()).status_code == 200  # initialize, notifications/initialized
         assert (await client.post(call("local__echo", 1, text="x"))).status_code == 200
         assert (await client.post(call("local__nope", 2))).status_code == 200  # answered with a JSON-RPC error
+        assert (await client.post({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).status_code == 200
+        assert (await KeyClient(child.port, "Bearer not-a-key-0123456789abcdef").open()).status_code == 401
 
         def access() -> list[dict[str, Any]]:
             lines = [json.loads(line) for line in child.stderr_text().splitlines() if line.startswith("{")]
             return [line for line in lines if line["logger"] == "gateway.access"]
 
-        await eventually(lambda: len(access()) >= 2, message="no access log lines")
-        line, unknown = access()[:2]
+        await eventually(lambda: len(access()) >= 6, message="not one access log line per request")
+        init, initialized, line, unknown, listed, refused = access()[:6]
+        assert (init["method"], init["status"], init["outcome"]) == ("initialize", 200, "ok")
+        assert (initialized["method"], initialized["status"]) == ("notifications/initialized", 202)
+        assert (listed["method"], listed["status"], listed["name"], listed["backend"]) == ("tools/list", 200, None, None)
+        assert (refused["principal"], refused["method"], refused["status"], refused["outcome"]) == (
+            "-", "initialize", 401, "refused")
         assert unknown["name"] == "local__nope" and unknown["outcome"] == "error" and unknown["backend"] is None
         assert line["principal"].endswith("/alice") and line["method"] == "tools/call"
         assert line["name"] == "local__echo" and line["backend"] == "local" and line["status"] == 200
@@ -280,7 +287,10 @@ async def test_access_log_plain(tmp_path: pathlib.Path, fmt: str) -> None:
         assert (await client.open()).status_code == 200
         assert (await client.post(call("local__echo", 1, text="x"))).status_code == 200
         await eventually(lambda: "gateway.access" in child.stderr_text(), message="no access log line")
-        line = next(line for line in child.stderr_text().splitlines() if "gateway.access" in line)
+        await eventually(lambda: "tools/call" in child.stderr_text(), message="no access log line for the call")
+        lines = [line for line in child.stderr_text().splitlines() if "gateway.access" in line]
+        assert " - initialize - backend=- status=200 outcome=ok " in lines[0], lines
+        line = next(line for line in lines if "tools/call" in line)
         assert " - tools/call local__echo backend=local status=200 outcome=ok " in line, line
     finally:
         child.stop()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -127,6 +128,23 @@ async def _settled(pending: Pending) -> tuple[Message | None, BaseException | No
     return await future
 
 
+class _Peek(msgspec.Struct):
+    """Just a request's JSON-RPC method (the access log of what the observer does not see)."""
+
+    method: str | None = None
+
+
+_decode_peek = msgspec.json.Decoder(_Peek).decode
+
+
+def _jsonrpc_method(body: bytes) -> str:
+    """The JSON-RPC method of a POST body: ``batch`` for a batch, ``-`` when it has none."""
+    try:
+        return _decode_peek(body).method or "-"
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "batch" if body.lstrip()[:1] == b"[" else "-"
+
+
 class McpFront:
     """The application behind ``HttpProtocol``: the MCP endpoint (handshake era)."""
 
@@ -190,6 +208,13 @@ class McpFront:
         self.express: ExpressLane | None = ExpressLane(self) if config.gateway.express else None
         self.on_auth_failure: Callable[[str, str, str | None], None] | None = None
         """Called with ``(reason, message, client_ip)`` when a credential is refused (metrics, audit)."""
+        self.on_access: Callable[[Any, str, str, str, int, str, float], None] | None = None
+        """The access log (``[server] access_log``): called with ``(principal, method, name,
+        backend, status, outcome, seconds)`` for each request the observer does not log (it
+        logs the routed ones); None: off, and the only cost is this attribute's check."""
+        # With the access log on: the HTTP requests being answered, by reply; True once routed
+        # (the observer sees those end, and logs them).
+        self._answering: dict[Any, bool] = {}
 
     def reconfigure(self, config: Config, admission: Admission | None, authenticator: Authenticator | None) -> None:
         """A reload: serve with ``config``'s policies from the next request on (the sessions, the
@@ -234,6 +259,7 @@ class McpFront:
 
     async def __call__(self, request: Request, reply: Reply) -> None:
         """Answer one HTTP request (the ``App`` contract)."""
+        principal = None
         try:
             if request.path != self.path:
                 if request.path == "/healthz" and request.method == "GET":
@@ -245,6 +271,9 @@ class McpFront:
                     return
                 reply.send(404, JSON_HEADERS, error_body(None, InvalidRequest("not found", reason="path")))
                 return
+            if self.on_access is not None:
+                started = perf_counter()
+                self._answering[reply] = False
             headers = request.headers
             error, principal = self.gate.check(request)
             if error is not None:
@@ -273,6 +302,21 @@ class McpFront:
         except Exception:  # a bug: log it, never show it
             log.exception("unhandled error answering %s %s", request.method, request.path)
             send_error(reply, None, InternalError("internal gateway error"))
+        if self._answering:
+            routed = self._answering.pop(reply, None)
+            if routed is False:
+                self._log_access(request, reply, principal, started)
+
+    def _log_access(self, request: Request, reply: Reply, principal: Any, started: float) -> None:
+        """The access-log line of a request the observer did not log (not routed, or refused
+        before routing: the gate, the session, the envelope). Never raises."""
+        try:
+            status = getattr(reply, "status", 0)
+            method = _jsonrpc_method(request.body) if request.method == "POST" else request.method
+            outcome = "ok" if status < 400 else "refused" if status < 500 else "error"
+            self.on_access(principal, method, "", "", status, outcome, perf_counter() - started)  # type: ignore[misc]
+        except Exception:
+            log.exception("writing an access-log line failed")
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -642,6 +686,8 @@ class McpFront:
         params, value = params_with(msg, key, ctx)
         local: Answered | None = None
         note: Any = None
+        if reply in self._answering:
+            self._answering[reply] = True  # from here on the observer sees it end, and logs it
         try:
             route, note = self.routing.route_noted(ctx, msg.method, kind, value, params)  # type: ignore[arg-type]
         except Answered as answered:

@@ -34,7 +34,7 @@ from gateway.protocol.jsonrpc import UNSET
 if TYPE_CHECKING:
     from gateway.protocol.jsonrpc import Message, Raw
 
-__all__ = ["OUTCOMES", "Observer", "outcome_of"]
+__all__ = ["OUTCOMES", "Observer", "outcome_of", "write_access"]
 
 access_log = logging.getLogger("gateway.access")
 _new = object.__new__
@@ -182,14 +182,20 @@ class Observer(Admission):
     def _access(
         self, principal: Any, method: str, name: str, backend: str, outcome: str, error: BaseException | None, seconds: float
     ) -> None:
-        who = f"{principal.issuer}/{principal.subject}" if principal is not None else "-"
         status = getattr(error, "http_status", 200) if error is not None else 200
-        access_log.info(
-            "%s %s %s backend=%s status=%s outcome=%s %.2fms",
-            who, method, name, backend or "-", status, outcome, seconds * 1000.0,
-            extra={"fields": {"principal": who, "method": method, "name": name, "backend": backend or None, "status": status,
-                   "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3)}},
-        )
+        write_access(principal, method, name, backend, status, outcome, seconds)
+
+
+def write_access(principal: Any, method: str, name: str, backend: str, status: int, outcome: str, seconds: float) -> None:
+    """One access-log line (``gateway.access``, INFO): the observer's for routed requests, the
+    front's (``McpFront.on_access``) for the others (lists, initialize, notifications, streams)."""
+    who = f"{principal.issuer}/{principal.subject}" if principal is not None else "-"
+    access_log.info(
+        "%s %s %s backend=%s status=%s outcome=%s %.2fms",
+        who, method, name or "-", backend or "-", status, outcome, seconds * 1000.0,
+        extra={"fields": {"principal": who, "method": method, "name": name or None, "backend": backend or None,
+                          "status": status, "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3)}},
+    )
 
 
 def _who(principal: Any, ctx: Any) -> dict[str, Any] | None:

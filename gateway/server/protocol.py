@@ -235,6 +235,7 @@ class _Cycle:
 
     __slots__ = (
         "proto", "keep_alive", "buffer", "head_sent", "streaming", "done", "_closed", "_stopping", "_waiter", "on_disconnect",
+        "status",
     )
 
     def __init__(self, proto: HttpProtocol, keep_alive: bool) -> None:
@@ -249,6 +250,8 @@ class _Cycle:
         self._waiter: asyncio.Future[None] | None = None
         # Called once if the client goes away before the reply ended (stateless-era cancel).
         self.on_disconnect: Callable[[], None] | None = None
+        self.status = 0
+        """The response's status once its head was sent (0 before): for the access log."""
 
     # -- Reply ----------------------------------------------------------------------------------
 
@@ -262,6 +265,7 @@ class _Cycle:
         if self.head_sent or self._closed:
             return
         self.head_sent = True
+        self.status = status
         # bytes: header lines encoded already (the hot path's constants), so no call for them.
         lines = headers if headers.__class__ is bytes else _header_lines(headers)  # type: ignore[arg-type]
         proto = self.proto
@@ -291,6 +295,7 @@ class _Cycle:
         if self.head_sent or self._closed:
             return
         self.head_sent = True
+        self.status = status
         self.streaming = True
         parts = [_STATUS_LINES[status], _SERVER_HEADER, _header_lines(headers)]
         parts.append(R.CHUNKED_HEADERS)
