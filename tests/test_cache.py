@@ -429,6 +429,10 @@ async def test_a_backends_list_changed_and_resources_updated_drop_its_entries(co
         assert len(cache.lru) == 1
         await alice.call("web__add_tool", {})  # the backend announces tools/list_changed
         await eventually(lambda: len(cache.lru) == 0, message="list_changed dropped the backend's entries")
+        # The entries are dropped again when the lists have been fetched again: wait for that
+        # too (the new tool is routed), or it could drop what the next calls store.
+        await eventually(lambda: gw.gateway.catalog.snapshot.router.resolve_tool("web__extra_1") is not None,
+                         message="the backend's lists were not fetched again")
         second = [await alice.call("web__lookup", {"q": "changed"}) for _ in range(2)]
         assert len(cache.lru) == 1
         await alice.call("web__touch", {"uri": "data://x"})  # notifications/resources/updated
