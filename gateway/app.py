@@ -20,9 +20,9 @@ from gateway.config import BackendConfig, Config
 from gateway.catalog.aggregate import CHANGE_NOTIFICATIONS, Catalog
 from gateway.front.endpoint import McpFront
 from gateway.protocol.jsonrpc import UNSET, Message, Raw, decode_any, encode
-from gateway.front.sessions import Session, SessionStore
+from gateway.front.sessions import RequestContext, Session, SessionStore
 from gateway.policy.admission import Admission
-from gateway.policy.chain import Chain, build_admission
+from gateway.policy.chain import Chain, build_admission, policy_named
 from gateway.server.api import Reply, Request
 from gateway.ops.killswitch import KillSwitch
 from gateway.ops.reload import BackendPlan, ReloadRefused, plan_reload
@@ -84,10 +84,10 @@ def _worker_secret() -> bytes | None:
     return value.encode() if value else None
 
 
-def _trace_id(ctx: Any) -> str | None:
+def _trace_id(ctx: RequestContext) -> str | None:
     """The trace id of a request's context (tracing, ``[tracing]``), or None."""
-    trace = getattr(ctx, "trace", None)
-    return getattr(trace, "trace_id", None) if trace is not None else None
+    trace = ctx.trace
+    return trace.trace_id if trace is not None else None
 
 
 class Gateway:
@@ -149,12 +149,9 @@ class Gateway:
         return self.telemetry.metrics
 
     def _cache_stats(self) -> dict[str, int] | None:
-        admission = self.front.admission if hasattr(self, "front") else None
-        for policy in getattr(admission, "admissions", [admission]):
-            stats = getattr(policy, "stats", None)
-            if stats is not None and type(policy).__name__ == "CacheAdmission":
-                return stats()  # type: ignore[no-any-return]
-        return None
+        """The running cache's counters (the metrics read them at scrape time), or None."""
+        cache = policy_named(self.front.admission, "CacheAdmission")
+        return cache.stats() if cache is not None else None
 
     def _backend_rows(self) -> list[tuple[str, bool, Any, Any, Any]]:
         """One row per backend for the metrics: up, breaker state and trips, stdio restarts."""

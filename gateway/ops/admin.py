@@ -36,6 +36,7 @@ import orjson
 
 from gateway.ops.health import readiness
 from gateway.ops.killswitch import KINDS
+from gateway.policy.chain import policy_named
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -261,11 +262,7 @@ def _body(value: Any) -> bytes:
 
 def _policy(gateway: Gateway, name: str) -> Any:
     """The admission policy of class ``name`` in the running chain, or None."""
-    admission = gateway.front.admission
-    for policy in getattr(admission, "admissions", [admission]):
-        if type(policy).__name__ == name:
-            return policy
-    return None
+    return policy_named(gateway.front.admission, name)
 
 
 def _item_counts(gateway: Gateway) -> dict[str, dict[str, int]]:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from gateway.ops.audit import AuditError, AuditLog
 from gateway.ops.metrics import Metrics
 from gateway.ops.observe import Observer
@@ -53,8 +55,6 @@ def _audit_log(config: AuditConfig | None, worker: str | None) -> AuditLog | Non
         return None
     path = audit_path(config.path, worker)
     if path != config.path:
-        import msgspec
-
         config = msgspec.structs.replace(config, path=path)
     return AuditLog(config)
 
@@ -77,6 +77,9 @@ class Telemetry:
         self._cache_stats = cache_stats
         self._cache_base = dict.fromkeys(("hits", "misses", "evictions"), 0)
         self.metrics: Metrics | None = None
+        # The scrape-time sources (``watch``): None until the gateway hands them in.
+        self._sessions: Callable[[], int] | None = None
+        self._backends: Callable[[], Iterable[tuple[str, bool, Any, Any, Any]]] | None = None
         self.audit: AuditLog | None = _audit_log(config.audit, self.worker)
         self.access = config.server.access_log
         self._audit_config = config.audit
@@ -178,7 +181,7 @@ class Telemetry:
     def _new_metrics(self, config: Config) -> Metrics:
         assert config.metrics is not None
         metrics = Metrics(max_tools=config.metrics.tool_labels, buckets=config.metrics.buckets)
-        if hasattr(self, "_sessions"):
+        if self._sessions is not None:
             self._sources(metrics)
         return metrics
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.protocol.jsonrpc import Message, Raw
 
-__all__ = ["Chain", "build_admission"]
+__all__ = ["Chain", "build_admission", "policy_named"]
 
 log = logging.getLogger("gateway.policy")
 
@@ -168,3 +168,12 @@ def build_admission(config: Config, first: Admission | None = None) -> Admission
     if not admissions:
         return None
     return admissions[0] if len(admissions) == 1 else Chain(admissions)
+
+
+def policy_named(admission: Admission | None, name: str) -> Any:
+    """The policy of class ``name`` in ``admission`` (a chain, or one policy), or None: how the
+    admin API and the metrics find the running cache and limits."""
+    for policy in getattr(admission, "admissions", [admission]):
+        if type(policy).__name__ == name:
+            return policy
+    return None
