@@ -17,6 +17,7 @@ extensions = [
     Extension("gateway._fast.http1", ["gateway/_fast/http1.pyx"], define_macros=macros),
     Extension("gateway._fast.lru", ["gateway/_fast/lru.pyx"], define_macros=macros),
     Extension("gateway._fast.ratelimit", ["gateway/_fast/ratelimit.pyx"], define_macros=macros),
+    Extension("gateway._fast.observe", ["gateway/_fast/observe.pyx"], define_macros=macros),
 ]
 
 setup(

@@ -4,8 +4,9 @@
 sees every routed request once, in every era and on both paths: its ``admit``
 leaves a note (when the request started, and its params), and its ``outcome`` sees
 how the request ended, refusals by the later policies (RBAC, limits) and local
-answers (cache hits) included. Per request it does little: a clock read and a
-small note in ``admit``; in ``outcome`` plain counter increments (``Metrics.request``),
+answers (cache hits) included. Per request it does little, in compiled code
+(``gateway._fast.ObserverCore``, whose methods are its ``admit`` and ``outcome``): a
+clock read and a small note in ``admit``; in ``outcome`` plain counter increments,
 one dict put on the audit queue (``AuditLog.submit``; the writer task serialises,
 chains and writes it) and one access-log line when that log is on. It never raises
 into the request path.
@@ -22,13 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway._fast import ObserverCore
 from gateway.backends.base import RequestCancelled
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen, GatewayError, RateLimited, RequestTooLarge
-from gateway.policy.admission import Admission, Noted, Route, Verdict
+from gateway.policy.admission import Admission, Noted, Route
 from gateway.protocol.jsonrpc import UNSET
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["OUTCOMES", "Observer", "outcome_of", "write_access"]
 
 access_log = logging.getLogger("gateway.access")
-_new = object.__new__
 
 OUTCOMES = ("ok", "error", "refused", "limited", "cached", "timeout", "unavailable", "cancelled", "pending")
 """Every value of the ``outcome`` label and audit field."""
@@ -91,64 +91,28 @@ class Observer(Admission):
         self.trace_of = trace_of
         self.worker = os.environ.get("MCP_GATEWAY_WORKER")
         self._next = 0
+        # admit and outcome are the compiled core's (gateway._fast.observe), bound here: the
+        # chain and the express lane call them with no Python frame per request.
+        core = ObserverCore(
+            metrics, Noted, UNSET, outcome_of, self._finish if audit is not None or access else None,
+            self._limited, _failed, None if clock is time.perf_counter else clock,
+        )
+        self.admit = core.admit  # type: ignore[method-assign]
+        self.outcome = core.outcome  # type: ignore[method-assign]
 
-    def admit(
-        self, principal: Any, ctx: Any, method: str, name: str, route: Route, params: dict[str, Raw]
-    ) -> Verdict | None:
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight += 1  # Metrics.inc_in_flight, inline: this runs on every request
-        verdict = _new(Noted)  # Noted(note) without its __init__ frame: this runs on every request
-        verdict.note = (self.clock(), params, route)
-        return verdict
+    def _limited(self, error: BaseException) -> None:
+        """A rate-limit refusal, counted by the limit that made it."""
+        self.metrics.limiter_refused((getattr(error, "extra", None) or {}).get("limit") or type(error).__name__)
 
-    def outcome(
-        self,
-        principal: Any,
-        ctx: Any,
-        method: str,
-        name: str,
-        route: Route | None,
-        answer: Message | None,
-        error: BaseException | None,
-        note: Any = None,
+    def _finish(
+        self, principal: Any, ctx: Any, method: str, name: str, backend: str, answer: Message | None,
+        error: BaseException | None, outcome: str, seconds: float, params: dict[str, Raw] | None,
     ) -> None:
-        # One function on the common path (each Python call costs as much as a few counters).
-        try:
-            if note is not None:
-                started, params, admitted = note
-                seconds = self.clock() - started
-            else:  # refused before admission (the kill switch): nothing was started or counted
-                started = params = admitted = None
-                seconds = 0.0
-            if error is None and answer is not None and answer.error is UNSET:
-                outcome = "ok"  # outcome_of's common case, inline
-            else:
-                outcome = outcome_of(route, answer, error)
-            # The backend the call was routed to, refused or answered locally as it may be since.
-            chosen = route if route is not None else admitted
-            backend = chosen[0].name if chosen is not None else ""
-            metrics = self.metrics
-            if metrics is not None:
-                if started is not None:
-                    metrics.in_flight -= 1
-                # Metrics.request, inline (a call costs as much as what it does)
-                tool = name if method == "tools/call" else ""
-                series = metrics.series.get((method, backend, outcome, tool))
-                if series is None:
-                    series = metrics.new_series(method, backend, outcome, tool)
-                series.count += 1
-                histogram = series.histogram
-                histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-                histogram.sum += seconds
-                if outcome == "limited" and error is not None:
-                    metrics.limiter_refused((getattr(error, "extra", None) or {}).get("limit") or type(error).__name__)
-            if self.audit is not None:
-                self._audit(principal, ctx, method, name, backend, answer, error, outcome, seconds, params)
-            if self.access:
-                self._access(principal, method, name, backend, outcome, error, seconds)
-        except Exception:  # an observer's bug must not fail a request that was answered
-            logging.getLogger("gateway.observe").exception("observing a request failed")
+        """After the counting: the audit record and the access-log line, those that are on."""
+        if self.audit is not None:
+            self._audit(principal, ctx, method, name, backend, answer, error, outcome, seconds, params)
+        if self.access:
+            self._access(principal, method, name, backend, outcome, error, seconds)
 
     def _audit(
         self, principal: Any, ctx: Any, method: str, name: str, backend: str, answer: Message | None,
@@ -196,6 +160,11 @@ def write_access(principal: Any, method: str, name: str, backend: str, status: i
         extra={"fields": {"principal": who, "method": method, "name": name or None, "backend": backend or None,
                           "status": status, "outcome": outcome, "latency_ms": round(seconds * 1000.0, 3)}},
     )
+
+
+def _failed() -> None:
+    """Inside the core's handler: an observer's bug must not fail a request that was answered."""
+    logging.getLogger("gateway.observe").exception("observing a request failed")
 
 
 def _who(principal: Any, ctx: Any) -> dict[str, Any] | None:
