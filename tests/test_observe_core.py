@@ -26,8 +26,11 @@ try:
 except ImportError:  # reported by test_compiled_observe_loaded
     _observe_c = None
 
+# The compiled core counts in the compiled counters, which Metrics uses only when the extensions
+# are on (GATEWAY_NO_EXTENSIONS=1 gives it the twin's, and the twin's core).
+_PAIRED = _observe_c is not None and gateway._fast.USING_EXTENSIONS
 IMPLS = [pytest.param(_observe_py, id="py")]
-if _observe_c is not None:
+if _PAIRED:
     IMPLS.insert(0, pytest.param(_observe_c, id="c"))
 
 
@@ -208,8 +211,48 @@ def _run(impl: Any, events: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return rig.counts(), rig.metrics.in_flight, finished, [type(e).__name__ for e in rig.limited], rig.failures
 
 
-@pytest.mark.skipif(_observe_c is None, reason="compiled observe not built")
+@pytest.mark.skipif(not _PAIRED, reason="compiled observe not built, or the extensions are off")
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_EVENT, max_size=30))
 def test_compiled_and_twin_agree(events: list[tuple[Any, ...]]) -> None:
     assert _run(_observe_c, events) == _run(_observe_py, events)
+
+
+def test_one_route_under_two_names_or_methods_counts_each_apart(impl) -> None:  # type: ignore[no-untyped-def]
+    # The compiled core remembers a route's ok series: a second name (an alias) or method on the
+    # same route must not be counted under the first one's labels.
+    rig = _Rig(impl)
+    route = (_Backend("b"), "t")
+    for method, name in [("tools/call", "b__t"), ("tools/call", "alias"), ("prompts/get", "b__t"), ("tools/call", "b__t")]:
+        note = rig.core.admit(None, None, method, name, route, {}).note
+        rig.core.outcome(None, None, method, name, route, Message(id=1, result=Raw(b"1")), None, note)
+    assert {key: value[0] for key, value in rig.counts().items()} == {
+        ("tools/call", "b", "ok", "b__t"): 2, ("tools/call", "b", "ok", "alias"): 1, ("prompts/get", "b", "ok", ""): 1,
+    }
+    assert [args[4] for args in rig.finished] == ["b"] * 4
+
+
+@pytest.mark.skipif(_observe_c is None, reason="compiled observe not built")
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0001, 100.0, allow_nan=False), min_size=1, max_size=8, unique=True).map(sorted),
+    st.lists(st.floats(0.0, 200.0, allow_nan=False), max_size=40),
+)
+def test_compiled_and_twin_histograms_agree(bounds: list[float], durations: list[float]) -> None:
+    le = tuple(str(b) for b in bounds) + ("+Inf",)
+    histograms = [_observe_c.Histogram(tuple(bounds), le), _observe_py.Histogram(tuple(bounds), le)]
+    for histogram in histograms:
+        for seconds in [*durations, *bounds]:  # the bounds themselves: each falls in its own bucket
+            histogram.observe(seconds)
+    compiled, twin = histograms
+    assert compiled.counts == twin.counts and compiled.cumulative() == twin.cumulative()
+    assert compiled.sum == twin.sum and compiled.bounds == twin.bounds and compiled.le == twin.le
+
+
+def test_a_histogram_needs_a_label_per_bucket(impl) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="one label per bound"):
+        impl.Histogram((0.1, 1.0), ("0.1", "+Inf"))
+    histogram = impl.Histogram((0.1, 1.0), ("0.1", "1.0", "+Inf"))
+    histogram.observe(0.1)
+    histogram.observe(5.0)
+    assert histogram.counts == [1, 0, 1] and histogram.cumulative() == [("0.1", 1), ("1.0", 1), ("+Inf", 2)]

@@ -12,7 +12,10 @@ import platform
 
 __all__ = [
     "LRU",
+    "Count",
+    "Histogram",
     "ObserverCore",
+    "Series",
     "USING_EXTENSIONS",
     "Router",
     "TokenBuckets",
@@ -30,7 +33,7 @@ if _WANT:
     try:
         from gateway._fast.http1 import keep_alive, parse_request, parse_response
         from gateway._fast.lru import LRU, cache_key
-        from gateway._fast.observe import ObserverCore
+        from gateway._fast.observe import Count, Histogram, ObserverCore, Series
         from gateway._fast.ratelimit import TokenBuckets
         from gateway._fast.router import Router, prefix_uri
 
@@ -40,6 +43,6 @@ if _WANT:
 if not USING_EXTENSIONS:
     from gateway._fast._http1_py import keep_alive, parse_request, parse_response  # type: ignore[assignment]
     from gateway._fast._lru_py import LRU, cache_key  # type: ignore[assignment]
-    from gateway._fast._observe_py import ObserverCore  # type: ignore[assignment]
+    from gateway._fast._observe_py import Count, Histogram, ObserverCore, Series  # type: ignore[assignment]
     from gateway._fast._ratelimit_py import TokenBuckets  # type: ignore[assignment]
     from gateway._fast._router_py import Router, prefix_uri  # type: ignore[assignment]

@@ -6,11 +6,10 @@ so that a request with metrics on pays two calls into compiled code and no Pytho
 Everything it needs is handed in, so this layer imports nothing of the gateway's:
 
 - ``metrics``: None, or the ``gateway.ops.metrics.Metrics`` to count in. It is used through
-  its hot-path fields: ``in_flight`` (an int), ``series`` (a dict from the raw label set
-  ``(method, backend, outcome, tool)`` to a series with an int ``count`` and a ``histogram``
-  whose ``bounds`` is a tuple of increasing floats, ``counts`` a list of ints one longer,
-  ``sum`` a float) and ``new_series(method, backend, outcome, tool)``, called on a label set's
-  first sight, which returns its series (and remembers it in ``series``).
+  its hot-path fields, read once: ``flight`` (a ``Count`` of the requests in flight),
+  ``series`` (a dict from the raw label set ``(method, backend, outcome, tool)`` to a
+  ``Series``) and ``new_series(method, backend, outcome, tool)``, called when that dict has no
+  entry, which returns the label set's series (and remembers it in ``series``).
 - ``noted``: the verdict class of a note-only "go" (``gateway.policy.admission.Noted``), made
   without its ``__init__`` (``object.__new__``) and given its ``note``.
 - ``unset``: the value of ``Message.error`` when the answer is a result.
@@ -28,9 +27,20 @@ Everything it needs is handed in, so this layer imports nothing of the gateway's
 ``started``; without a note (a request refused before admission) the seconds are 0 and
 nothing was counted in flight. The backend is that of ``route``, else of the admitted route,
 else ``""``. With metrics, the series of ``(method, backend, outcome, tool)`` (``tool`` the
-name for ``tools/call``, else ``""``) gets one more count, and its histogram one more
-duration in the first bucket whose bound is at least the seconds (``bisect_left``; the last
-bucket is +Inf) and the seconds added to its sum.
+name for ``tools/call``, else ``""``) gets one more count, and its histogram observes the
+seconds. (The compiled core also remembers, per route, the series of its ``ok`` outcome,
+which saves hashing the name: the series found are the same.)
+
+The counters themselves:
+
+- ``Histogram(bounds, le)``: a count per bucket of durations, ``bounds`` a tuple of increasing
+  floats (the last bucket, +Inf, follows), ``le`` their labels; ``observe(seconds)`` counts one
+  in the first bucket whose bound is at least ``seconds`` (``bisect_left``: a value on a bound
+  falls in that bucket) and adds it to ``sum``; ``counts`` is the list of counts (not
+  cumulative); ``cumulative()`` is ``[(le, count <= le), ...]``, +Inf last.
+- ``Series(histogram)``: one label set's ``count`` (an int) and the ``histogram`` of its
+  backend (shared by every series of that backend).
+- ``Count()``: one integer ``value``.
 """
 
 from __future__ import annotations
@@ -40,15 +50,61 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ObserverCore"]
+__all__ = ["Count", "Histogram", "ObserverCore", "Series"]
 
 _new = object.__new__
+
+
+class Histogram:
+    """One backend's durations (see the module docstring)."""
+
+    __slots__ = ("bounds", "counts", "le", "sum")
+
+    def __init__(self, bounds: tuple[float, ...], le: tuple[str, ...]) -> None:
+        self.bounds = tuple(bounds)
+        self.le = tuple(le)
+        if len(self.le) != len(self.bounds) + 1:
+            raise ValueError("le needs one label per bound and one for +Inf")
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration: ``le`` is inclusive, so a value on a bound falls in that bucket."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count <= le)`` for every bucket, +Inf last: what Prometheus expects."""
+        out, running = [], 0
+        for le, count in zip(self.le, self.counts):
+            running += count
+            out.append((le, running))
+        return out
+
+
+class Series:
+    """One label set's count, and the histogram of its backend."""
+
+    __slots__ = ("count", "histogram")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.count = 0
+        self.histogram = histogram
+
+
+class Count:
+    """One integer."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
 class ObserverCore:
     """The observer's ``admit`` and ``outcome`` (see the module docstring)."""
 
-    __slots__ = ("metrics", "noted", "unset", "outcome_of", "finish", "limited", "failed", "clock")
+    __slots__ = ("metrics", "noted", "unset", "outcome_of", "finish", "limited", "failed", "clock", "series", "flight")
 
     def __init__(
         self,
@@ -69,12 +125,13 @@ class ObserverCore:
         self.limited = limited
         self.failed = failed
         self.clock = clock if clock is not None else time.perf_counter
+        self.series = metrics.series if metrics is not None else None
+        self.flight = metrics.flight if metrics is not None else None
 
     def admit(self, principal: Any, ctx: Any, method: str, name: str, route: Any, params: Any) -> Any:
         """Count the request in flight; go, with the note ``(started, params, route)``."""
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight += 1
+        if self.flight is not None:
+            self.flight.value += 1
         verdict = _new(self.noted)
         verdict.note = (self.clock(), params, route)
         return verdict
@@ -99,15 +156,13 @@ class ObserverCore:
             metrics = self.metrics
             if metrics is not None:
                 if started is not None:
-                    metrics.in_flight -= 1
+                    self.flight.value -= 1
                 tool = name if method == "tools/call" else ""
-                series = metrics.series.get((method, backend, outcome, tool))
+                series = self.series.get((method, backend, outcome, tool))
                 if series is None:
                     series = metrics.new_series(method, backend, outcome, tool)
                 series.count += 1
-                histogram = series.histogram
-                histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-                histogram.sum += seconds
+                series.histogram.observe(seconds)
                 if outcome == "limited" and error is not None:
                     self.limited(error)
             if self.finish is not None:

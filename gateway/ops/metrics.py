@@ -1,7 +1,8 @@
 """Metrics: plain counters on the request path, Prometheus families only at scrape time.
 
-``Metrics`` keeps what the gateway counts itself in ints, dicts and lists, and touches no
-``prometheus_client`` object per request: no metric child, no lock (each worker process runs
+``Metrics`` keeps what the gateway counts itself in ints, dicts and the compiled counters of
+``gateway._fast`` (``Series``, ``Histogram``, ``Count``: C fields the observer's compiled core
+increments), and touches no ``prometheus_client`` object per request: no metric child, no lock (each worker process runs
 one event loop, and every increment happens on it). ``collect()``, called by
 ``render()`` through the registry, turns those numbers into ``CounterMetricFamily``,
 ``GaugeMetricFamily`` and ``HistogramMetricFamily`` objects for that one scrape. Each
@@ -59,7 +60,6 @@ from __future__ import annotations
 
 import logging
 import math
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
@@ -70,6 +70,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
+from gateway._fast import Count, Histogram, Series
 
 __all__ = [
     "BREAKER_STATES",
@@ -153,44 +154,7 @@ class _Bound:
         return OTHER
 
 
-class _Histogram:
-    """One backend's durations: a count per bucket (not cumulative: ``observe`` touches one;
-    the last is +Inf) and the sum. The count is the buckets' sum, added up at scrape time."""
-
-    __slots__ = ("bounds", "counts", "le", "sum")
-
-    def __init__(self, bounds: tuple[float, ...], le: tuple[str, ...]) -> None:
-        self.bounds = bounds
-        self.le = le
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """Count one duration: ``le`` is inclusive, so a value on a bound falls in that bucket."""
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(le, count <= le)`` for every bucket, +Inf last: what Prometheus expects."""
-        out, running = [], 0
-        for le, count in zip(self.le, self.counts):
-            running += count
-            out.append((le, running))
-        return out
-
-
 _MAX_RAW_KEYS = 100_000  # raw label sets remembered for the one-lookup path
-
-
-class _Series:
-    """One label set of ``mcp_gateway_requests_total``: its count, and the histogram of its
-    backend (shared by every series of that backend)."""
-
-    __slots__ = ("count", "histogram")
-
-    def __init__(self, histogram: _Histogram) -> None:
-        self.count = 0
-        self.histogram = histogram
 
 
 class Metrics(Collector):
@@ -206,7 +170,7 @@ class Metrics(Collector):
     """The content type of ``render()``'s bytes (the module's ``CONTENT_TYPE``)."""
 
     __slots__ = (
-        "version", "registry", "buckets", "_le", "in_flight", "cache_hits", "cache_misses", "cache_evictions", "audit_drops",
+        "version", "registry", "buckets", "_le", "flight", "cache_hits", "cache_misses", "cache_evictions", "audit_drops",
         "_requests", "series", "_durations", "_limiter", "_auth", "_tools", "_methods", "_backends", "_limits", "_reasons",
         "_gauge_sources", "_counter_sources", "_backend_sources", "_source_errors", "_warned_outcome",
     )
@@ -220,17 +184,19 @@ class Metrics(Collector):
         if not self.buckets or any(not a < b for a, b in zip(self.buckets, self.buckets[1:] + (math.inf,))):
             raise ValueError(f"buckets must be one or more increasing bounds, got {self.buckets}")
         self._le = tuple(floatToGoString(b) for b in self.buckets) + ("+Inf",)  # formatted once
-        self.in_flight = 0
+        self.flight = Count()
+        """Routed requests in flight (``mcp_gateway_in_flight``), a C integer the observer's core
+        counts in (``in_flight`` reads it)."""
         self.cache_hits = 0
         self.cache_misses = 0
         self.cache_evictions = 0
         self.audit_drops = 0
-        self._requests: dict[tuple[str, str, str, str], _Series] = {}
+        self._requests: dict[tuple[str, str, str, str], Series] = {}
         """The series by their bounded labels (what a scrape shows)."""
-        self.series: dict[tuple[str, str, str, str], _Series] = {}
+        self.series: dict[tuple[str, str, str, str], Series] = {}
         """The same series by the labels as given: what ``request`` looks up (and the observer,
         which inlines ``request``: a get here, ``new_series`` when it misses)."""
-        self._durations: dict[str, _Histogram] = {}
+        self._durations: dict[str, Histogram] = {}
         self._limiter: dict[str, int] = {}
         self._auth: dict[str, int] = {}
         self._tools = _Bound(max_tools)
@@ -260,17 +226,20 @@ class Metrics(Collector):
         if series is None:  # first sight of this label set, or one past a bound: normalise it
             series = self.new_series(method, backend, outcome, tool)
         series.count += 1
-        histogram = series.histogram
-        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-        histogram.sum += seconds
+        series.histogram.observe(seconds)
+
+    @property
+    def in_flight(self) -> int:
+        """Routed requests started and not yet ended."""
+        return self.flight.value
 
     def inc_in_flight(self) -> None:
         """A routed request started (``mcp_gateway_in_flight``)."""
-        self.in_flight += 1
+        self.flight.value += 1
 
     def dec_in_flight(self) -> None:
         """A routed request that ``inc_in_flight`` counted ended."""
-        self.in_flight -= 1
+        self.flight.value -= 1
 
     def limiter_refused(self, limit: str) -> None:
         """The rate limit named ``limit`` refused a request (``mcp_gateway_limiter_refusals_total``)."""
@@ -297,13 +266,13 @@ class Metrics(Collector):
         """The audit queue was full and ``n`` records were dropped (``mcp_gateway_audit_dropped_total``)."""
         self.audit_drops += n
 
-    def new_series(self, method: str, backend: str, outcome: str, tool: str) -> _Series:
+    def new_series(self, method: str, backend: str, outcome: str, tool: str) -> Series:
         """The series of a label set seen for the first time: its bounded labels' series (shared
         with every label set that maps to the same), remembered under the raw labels too."""
         key = self._request_key(method, backend, outcome, tool)
         series = self._requests.get(key)
         if series is None:
-            series = self._requests[key] = _Series(self._histogram(key[1]))
+            series = self._requests[key] = Series(self._histogram(key[1]))
         if len(self.series) < _MAX_RAW_KEYS:  # past it, unbounded raw labels take this slow path
             self.series[(method, backend, outcome, tool)] = series
         return series
@@ -318,12 +287,12 @@ class Metrics(Collector):
         tool = self._tools(tool) if method == "tools/call" else ""
         return (self._methods(method), self._backends(backend), outcome, tool)
 
-    def _histogram(self, backend: str) -> _Histogram:
+    def _histogram(self, backend: str) -> Histogram:
         """``backend``'s histogram, made on first sight (``OTHER``'s past the bound)."""
         label = self._backends(backend)
         histogram = self._durations.get(label)
         if histogram is None:
-            histogram = self._durations[label] = _Histogram(self.buckets, self._le)
+            histogram = self._durations[label] = Histogram(self.buckets, self._le)
         return histogram
 
     # -- sources, read at scrape time -----------------------------------------------------------
