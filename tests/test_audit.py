@@ -13,12 +13,16 @@ import subprocess
 import sys
 from typing import Any
 
+import hmac
+
 import msgspec
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import AuditConfig, ConfigError, describe, load_config_text
-from gateway.ops.audit import GENESIS, AuditError, AuditLog, canonical, chain_hash, verify
+from gateway.ops.audit import GENESIS, AuditError, AuditLog, _hasher, canonical, chain_hash, verify
 from tests.support import ROOT
 
 KEY = "k" * 32
@@ -477,3 +481,12 @@ async def test_a_closed_log_hands_later_records_to_its_successor(tmp_path: pathl
     await new.close()
     assert [r["tool"] for r in calls(path)] == ["t0", "late"]
     assert verify([str(path)], KEY.encode()).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=16, max_size=200), st.binary(max_size=2000))
+def test_the_writers_mac_is_hmac_sha256(key: bytes, body: bytes) -> None:
+    # The writer keys two SHA-256 states once; verify uses the standard library's HMAC. Keys
+    # longer than the 64-byte block are hashed first (RFC 2104), which this covers too.
+    assert _hasher(key)(body) == hmac.new(key, body, "sha256").hexdigest() == chain_hash(body, key)
+    assert _hasher(None)(body) == hashlib.sha256(body).hexdigest() == chain_hash(body, None)

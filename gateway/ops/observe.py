@@ -93,9 +93,10 @@ class Observer(Admission):
         self._next = 0
         # admit and outcome are the compiled core's (gateway._fast.observe), bound here: the
         # chain and the express lane call them with no Python frame per request.
+        # The audit alone (the common case) is the core's finish itself: one Python frame less.
+        finish = self._audit if audit is not None and not access else self._finish if access else None
         core = ObserverCore(
-            metrics, Noted, UNSET, outcome_of, self._finish if audit is not None or access else None,
-            self._limited, _failed, None if clock is time.perf_counter else clock,
+            metrics, Noted, UNSET, outcome_of, finish, self._limited, _failed, None if clock is time.perf_counter else clock,
         )
         self.admit = core.admit  # type: ignore[method-assign]
         self.outcome = core.outcome  # type: ignore[method-assign]
@@ -123,7 +124,11 @@ class Observer(Admission):
             "time": time.time(),
             "request": f"{self.worker}-{self._next}" if self.worker else self._next,
             "trace": self.trace_of(ctx) if self.trace_of is not None else None,
-            "principal": _who(principal, ctx),
+            "principal": {  # the caller: issuer, subject and the client's own name
+                "issuer": principal.issuer if principal is not None else None,
+                "subject": principal.subject if principal is not None else None,
+                "client": client.get("name") if isinstance(client := getattr(ctx, "client_info", None), dict) else None,
+            },
             "session": ctx.session_key,
             "era": ctx.era,
             "method": method,
@@ -165,12 +170,3 @@ def write_access(principal: Any, method: str, name: str, backend: str, status: i
 def _failed() -> None:
     """Inside the core's handler: an observer's bug must not fail a request that was answered."""
     logging.getLogger("gateway.observe").exception("observing a request failed")
-
-
-def _who(principal: Any, ctx: Any) -> dict[str, Any] | None:
-    """The caller as the audit names it: issuer, subject and the client's own name."""
-    client = getattr(ctx, "client_info", None)
-    client_name = client.get("name") if isinstance(client, dict) else None
-    if principal is None:
-        return {"issuer": None, "subject": None, "client": client_name}
-    return {"issuer": principal.issuer, "subject": principal.subject, "client": client_name}
