@@ -35,6 +35,7 @@ from gateway.ops.tracing import (
     Tracer,
     format_traceparent,
     parse_traceparent,
+    parse_baggage,
     parse_tracestate,
 )
 from gateway.policy.admission import Admission
@@ -46,6 +47,7 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 CLIENT_TP = f"00-{TRACE}-{PARENT}-01"
 CLIENT_TS = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+CLIENT_BAGGAGE = "userId=alice,serverNode=DF%2028;region=eu,isProduction=false"
 META_TRACE = "0af7651916cd43dd8448eb211c80319c"
 META_PARENT = "b7ad6b7169203331"
 META_TP = f"00-{META_TRACE}-{META_PARENT}-01"
@@ -154,6 +156,60 @@ def test_a_long_tracestate_is_cut_to_512_characters_long_members_first() -> None
     # Then members from the end go, until it fits: the first ones stay, in order.
     assert members == short[: len(members)]
     assert len(members) == 11  # 11 x 44 + 10 = 494; with the 12th it would be 539
+
+
+# -- baggage ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (CLIENT_BAGGAGE, CLIENT_BAGGAGE),
+        ("a = 1 ;  p ; q=2 , b=", "a = 1 ;  p ; q=2,b="),  # OWS around "=" and ";" is the member's own; empty value
+        (" a=1 ,, b=2 ", "a=1,b=2"),  # empty members dropped, OWS around "," trimmed
+        ("key=%E2%9C%93", "key=%E2%9C%93"),  # a percent-encoded value is passed on as it came
+    ],
+)
+def test_a_valid_baggage_is_kept(value: str, kept: str) -> None:
+    assert parse_baggage(value) == kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 7, "", " , ", "a", "a=1,b", "=1", "a b=1", 'a="quoted"', "a=x y", "a=1;", "a=1;=2", "a=\\x", "ключ=1",
+     "a=1," + "b=2;c=\x7f"],
+)
+def test_an_invalid_baggage_is_dropped_whole(value: Any) -> None:
+    assert parse_baggage(value) is None
+
+
+def test_baggage_past_64_members_or_8192_bytes_loses_whole_members_from_the_end() -> None:
+    many = [f"k{i}=v" for i in range(70)]
+    assert parse_baggage(",".join(many)) == ",".join(many[:64])
+    big = ["a=" + "x" * 4000, "b=" + "y" * 4000, "c=" + "z" * 300, "d=1"]
+    kept = parse_baggage(",".join(big))
+    assert kept == ",".join([big[0], big[1], big[3]])  # c would pass 8192 bytes; d still fits after it
+    assert len(kept) <= 8192
+
+
+def test_baggage_comes_from_the_header_else_meta_with_or_without_a_trace() -> None:
+    msg = call({"name": "t", "_meta": {"baggage": "from=meta"}})
+    assert tracer().begin(msg, _Ctx(), {"baggage": "from=header"}, "tcp").baggage == "from=header"
+    assert tracer().begin(msg, _Ctx(), {"baggage": "not valid"}, "tcp").baggage == "from=meta"
+    new_trace = tracer().begin(msg, _Ctx(), {}, "tcp")  # no traceparent anywhere: a new trace, baggage kept
+    assert new_trace.parent_id is None and new_trace.baggage == "from=meta"
+    assert tracer().begin(call({"name": "t"}), _Ctx(), None, "pipe").baggage is None
+
+
+def test_the_span_passes_baggage_on_and_drops_an_invalid_one_from_meta() -> None:
+    span = tracer().begin(call(), _Ctx(), {"traceparent": CLIENT_TP, "baggage": CLIENT_BAGGAGE}, "tcp")
+    assert span.headers(None)["baggage"] == CLIENT_BAGGAGE
+    meta: dict[str, Any] = {"baggage": "stale=1"}
+    span.inject(meta)
+    assert meta["baggage"] == CLIENT_BAGGAGE
+    bare = tracer().begin(call({"name": "t", "_meta": {"baggage": "bad value"}}), _Ctx(), None, "tcp")
+    meta = {"baggage": "bad value"}
+    bare.inject(meta)
+    assert "baggage" not in meta and "baggage" not in bare.headers(None)
 
 
 # -- the span and the tracer -----------------------------------------------------------------------
@@ -481,12 +537,14 @@ async def test_a_header_traceparent_reaches_the_backend_with_the_gateways_span_a
     async with Collector() as collector:
         url = collector.url
         async with in_process_gateway(config_for(trace_backend.url, tracing_to(url))) as running:
-            async with client_with(running.url, {"traceparent": CLIENT_TP, "tracestate": CLIENT_TS}) as client:
+            headers = {"traceparent": CLIENT_TP, "tracestate": CLIENT_TS, "baggage": CLIENT_BAGGAGE}
+            async with client_with(running.url, headers) as client:
                 got = seen(await client.call_tool("web__seen", {}))
             # The same new parent in the HTTP header and in _meta: the gateway's own span.
             gateway_span = continued(got["headers"]["traceparent"], TRACE, PARENT)
             assert got["meta"]["traceparent"] == got["headers"]["traceparent"]
             assert got["headers"]["tracestate"] == CLIENT_TS and got["meta"]["tracestate"] == CLIENT_TS
+            assert got["headers"]["baggage"] == CLIENT_BAGGAGE and got["meta"]["baggage"] == CLIENT_BAGGAGE
             span = await collector.wait_for(span_of(TRACE, "tools/call web__seen"))
             assert running.taken and not any(running.taken)  # tracing on: the express lane declined each
     assert span["spanId"] == gateway_span and span["parentSpanId"] == PARENT and span["kind"] == 2
@@ -507,10 +565,11 @@ async def test_a_meta_traceparent_reaches_the_backend_in_both_eras(trace_backend
         async with in_process_gateway(config_for(trace_backend.url, tracing_to(url))) as running:
             for mode in ("legacy", "auto"):  # the handshake era, then the stateless one (server/discover)
                 async with client_with(running.url, mode=mode) as client:
-                    meta = {"traceparent": META_TP, "tracestate": "meta=1", "other": "kept"}
+                    meta = {"traceparent": META_TP, "tracestate": "meta=1", "baggage": "tenant=acme", "other": "kept"}
                     got = seen(await client.call_tool("web__seen", {}, meta=meta))  # type: ignore[arg-type]
                 gateway_span = continued(got["meta"]["traceparent"], META_TRACE, META_PARENT)
                 assert got["meta"]["tracestate"] == "meta=1"
+                assert got["meta"]["baggage"] == "tenant=acme" and got["headers"]["baggage"] == "tenant=acme"
                 assert got["headers"]["traceparent"] == got["meta"]["traceparent"]
                 span = await collector.wait_for(
                     lambda spans, s=gateway_span: next((x for x in spans if x["spanId"] == s), None)
@@ -581,7 +640,7 @@ async def test_a_stdio_backend_gets_the_trace_context_in_meta() -> None:
                     got = seen(await client.call_tool("local__seen", {}))
                 gateway_span = continued(got["meta"]["traceparent"], TRACE, PARENT)
                 assert got["meta"]["tracestate"] == CLIENT_TS
-                assert got["headers"] == {"traceparent": None, "tracestate": None}  # stdio: no headers at all
+                assert got["headers"] == {"traceparent": None, "tracestate": None, "baggage": None}  # stdio: no headers
                 span = await collector.wait_for(
                     lambda spans, s=gateway_span: next((x for x in spans if x["spanId"] == s), None)
                 )
@@ -681,12 +740,13 @@ async def test_without_tracing_nothing_is_traced_and_the_lane_takes_calls(trace_
     recorder = TraceRecorder()
     async with in_process_gateway(config_for(trace_backend.url, None), recorder) as running:
         assert running.gateway.tracer is None and running.gateway.front.tracer is None
-        async with client_with(running.url, {"traceparent": CLIENT_TP, "tracestate": CLIENT_TS}) as client:
+        headers = {"traceparent": CLIENT_TP, "tracestate": CLIENT_TS, "baggage": CLIENT_BAGGAGE}
+        async with client_with(running.url, headers) as client:
             for _ in range(3):
                 got = seen(await client.call_tool("web__seen", {}))
                 # The client's headers are never forwarded: a backend sees no trace context at all.
-                assert got == {"headers": {"traceparent": None, "tracestate": None},
-                               "meta": {"traceparent": None, "tracestate": None}}
+                nothing = {"traceparent": None, "tracestate": None, "baggage": None}
+                assert got == {"headers": nothing, "meta": nothing}
         assert any(running.taken)
     assert recorder.pairs and all(pair == (None, None) for pair in recorder.pairs)
 

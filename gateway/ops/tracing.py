@@ -11,11 +11,15 @@ routed methods and the list methods), the front calls ``Tracer.begin``, which:
   lower-case hex, ids not all zeros); an invalid value starts a new trace. ``tracestate`` is kept
   only with the ``traceparent`` it came with (``parse_tracestate``: W3C syntax, at most 32
   members, unique keys, cut to 512 characters);
+- takes the client's W3C ``baggage`` the same way (a valid header, else ``params._meta``'s),
+  whether or not the trace is continued: baggage is its own propagation field
+  (``parse_baggage``: W3C Baggage syntax, at most 64 members and 8,192 bytes, whole members
+  only). The gateway reads none of it; it passes it on, as it passes the trace on;
 - or starts a new trace: random ids from ``secrets``, sampled by ``sample_ratio`` (decided from
   the trace id, as OpenTelemetry's ratio sampler does, so every hop that uses the same rule
   agrees). A continued trace keeps the client's flags (and so its sampled decision);
 - makes the gateway's own span (``Span``, kind SERVER): its id is the parent id the backend
-  gets. ``gateway.front.forward`` puts ``Span.traceparent`` (and the tracestate) in
+  gets. ``gateway.front.forward`` puts ``Span.traceparent`` (and the tracestate and baggage) in
   ``params._meta`` of the forwarded request (every backend, stdio too) and in the upstream HTTP
   request's headers (``Span.headers``).
 
@@ -70,6 +74,7 @@ __all__ = [
     "Tracer",
     "format_traceparent",
     "parse_traceparent",
+    "parse_baggage",
     "parse_tracestate",
     "tracer_for",
 ]
@@ -175,6 +180,44 @@ def _bounded(members: list[str]) -> str:
     return ",".join(members)
 
 
+# W3C Baggage (3.3.1): a list member is key OWS "=" OWS value, then ";"-separated properties
+# (key, or key "=" value); a key is an RFC 7230 token, a value baggage-octets (printable ASCII
+# without space, '"', ",", ";" and "\\"; anything else is percent-encoded by the sender).
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+_OWS = r"[ \t]*"
+_PROPERTY = rf"{_TOKEN}(?:{_OWS}={_OWS}{_OCTETS})?"
+_BAGGAGE_MEMBER = re.compile(rf"{_TOKEN}{_OWS}={_OWS}{_OCTETS}(?:{_OWS};{_OWS}{_PROPERTY})*")
+MAX_BAGGAGE_MEMBERS = 64
+"""Most baggage list members passed on (the spec's minimum to propagate); later ones are dropped."""
+MAX_BAGGAGE = 8192
+"""Most bytes of baggage passed on (the spec's minimum); whole members past it are dropped."""
+
+
+def parse_baggage(value: object) -> str | None:
+    """``value`` as a W3C ``baggage`` to pass on, or None (absent, empty or invalid).
+
+    Invalid, and dropped whole (the gateway does not repair another party's context): not a
+    string, or a member that is not ``key=value[;property...]`` in the spec's syntax. Valid:
+    members are kept in order, whole, while they fit in 64 members and 8,192 bytes (the spec
+    lets a hop drop members past its limits, never part of one). Empty members are dropped;
+    the result is re-joined with ``,``."""
+    if not isinstance(value, str) or len(value) > 8 * MAX_BAGGAGE:
+        return None
+    members: list[str] = []
+    size = -1  # the separators: one fewer than the members
+    for part in value.split(","):
+        member = part.strip(" \t")
+        if not member:
+            continue
+        if _BAGGAGE_MEMBER.fullmatch(member) is None:
+            return None
+        if len(members) < MAX_BAGGAGE_MEMBERS and size + 1 + len(member) <= MAX_BAGGAGE:
+            members.append(member)
+            size += 1 + len(member)
+    return ",".join(members) or None
+
+
 def format_traceparent(trace_id: str, span_id: str, flags: int) -> str:
     """The ``traceparent`` value that names ``span_id`` as the parent of the next hop."""
     return f"00-{trace_id}-{span_id}-{flags:02x}"
@@ -254,7 +297,7 @@ class Span:
 
     __slots__ = (
         "trace_id", "span_id", "parent_id", "flags", "tracestate", "method", "name", "start_ns", "end_ns",
-        "attributes", "error_type", "message", "settled",
+        "attributes", "error_type", "message", "settled", "baggage",
     )
 
     def __init__(
@@ -274,6 +317,8 @@ class Span:
         self.message = ""
         self.settled = False
         """True once the request's outcome is recorded (the answer read, or the error seen)."""
+        self.baggage: str | None = None
+        """The client's valid W3C baggage (``parse_baggage``), passed on unread; None: none."""
 
     @property
     def sampled(self) -> bool:
@@ -286,11 +331,13 @@ class Span:
         return format_traceparent(self.trace_id, self.span_id, self.flags)
 
     def headers(self, headers: dict[str, str] | None) -> dict[str, str]:
-        """``headers`` (a new dict when None) with ``traceparent`` and ``tracestate`` added."""
+        """``headers`` (a new dict when None) with ``traceparent``, ``tracestate`` and ``baggage`` added."""
         headers = {} if headers is None else headers
         headers["traceparent"] = self.traceparent
         if self.tracestate is not None:
             headers["tracestate"] = self.tracestate
+        if self.baggage is not None:
+            headers["baggage"] = self.baggage
         return headers
 
     def inject(self, meta: dict[str, Any]) -> None:
@@ -301,6 +348,10 @@ class Span:
             meta["tracestate"] = self.tracestate
         else:
             meta.pop("tracestate", None)
+        if self.baggage is not None:
+            meta["baggage"] = self.baggage
+        else:
+            meta.pop("baggage", None)
 
     def fail(self, error_type: str, message: str = "", code: Any = None) -> None:
         """Record a failure: ``error.type``, the status message, and the JSON-RPC code if any."""
@@ -531,6 +582,7 @@ class Tracer:
             span = Span(trace_id, new_span_id(), None, 1 if sampled else 0, None, method)
         else:
             span = Span(parent.trace_id, new_span_id(), parent.parent_id, parent.flags, state, method)
+        span.baggage = self._baggage(headers, view.meta)
         self._describe(span, msg, ctx, view, transport)
         return span
 
@@ -546,6 +598,15 @@ class Tracer:
             if parent is not None:
                 return parent, parse_tracestate(meta.get("tracestate"))
         return None, None
+
+    @staticmethod
+    def _baggage(headers: Mapping[str, str] | None, meta: Any) -> str | None:
+        """The client's valid baggage: the header's, else ``_meta``'s."""
+        if headers is not None:
+            baggage = parse_baggage(headers.get("baggage"))
+            if baggage is not None:
+                return baggage
+        return parse_baggage(meta.get("baggage")) if isinstance(meta, dict) else None
 
     @staticmethod
     def _describe(span: Span, msg: Message, ctx: Any, view: _ParamsView, transport: str) -> None:

@@ -6,8 +6,8 @@
 Over HTTP it prints ``listening on http://127.0.0.1:PORT/mcp`` once it accepts connections.
 The tools ``seen`` and ``rendezvous`` (which waits for a second call with its ``tag``, so both
 are in flight together), the prompt ``seen_prompt`` and the resource template
-``trace://seen/{tag}`` answer with one JSON text, ``{"headers": {...}, "meta": {...}}``: the ``traceparent`` and
-``tracestate`` of the HTTP request that carried the call (None each over stdio) and of its
+``trace://seen/{tag}`` answer with one JSON text, ``{"headers": {...}, "meta": {...}}``: the ``traceparent``,
+``tracestate`` and ``baggage`` of the HTTP request that carried the call (None each over stdio) and of its
 ``params._meta``. The tool ``fails`` always fails (a result with ``isError``).
 """
 
@@ -22,7 +22,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("trace-test")
 
-_KEYS = ("traceparent", "tracestate")
+_KEYS = ("traceparent", "tracestate", "baggage")
 
 
 def _seen(ctx: Context) -> str:
