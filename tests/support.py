@@ -24,6 +24,17 @@ SERVERS = ROOT / "tests" / "servers"
 EVERYTHING = ROOT / "node_modules" / ".bin" / "mcp-server-everything"
 
 
+class ManualClock:
+    """A monotonic clock the test moves by hand (``clock.now += seconds``): time passes only when
+    a test says so, so nothing waits and nothing races."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Child:
     """A subprocess whose stdout announces ``... http://host:port/path`` on one line."""
 

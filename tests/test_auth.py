@@ -32,7 +32,7 @@ from gateway.policy.jwks import max_age
 from gateway.server.api import Request
 from gateway.server.listener import Server
 from tests.servers.jwks_server import JwksServer, SigningKey, claims_for
-from tests.support import eventually
+from tests.support import ManualClock, eventually
 from tests.test_express import ACCEPT, Response, Running, Scripted
 
 ISSUER = "https://idp.example"
@@ -236,16 +236,6 @@ def authenticator_for(jwks: JwksServer, **options: Any) -> Authenticator:
     return Authenticator(config.auth, **options)
 
 
-class Clock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 # -- API keys -----------------------------------------------------------------------------------
 
 
@@ -414,7 +404,7 @@ async def test_an_unknown_kid_refetches_once_and_the_new_key_works(tmp_path: pat
 
 
 async def test_a_flood_of_unknown_kids_costs_one_fetch_and_the_negative_cache_holds(tmp_path: pathlib.Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     async with JwksServer(tmp_path, [RSA_KEY]) as jwks:
         authenticator = authenticator_for(jwks, clock=clock)
         authenticator.start()

@@ -33,7 +33,7 @@ from gateway.policy.identity import Principal
 from gateway.server.listener import Server
 from tests.servers.jwks_server import SigningKey, claims_for
 from tests.servers.token_server import TOKEN_EXCHANGE, TokenServer
-from tests.support import Pki, eventually
+from tests.support import ManualClock, Pki, eventually
 from tests.test_auth import Client, exchange
 from tests.test_express import Running, Scripted
 
@@ -179,14 +179,6 @@ async def end_sessions(gw: Running, gateway: Gateway, *clients: Client) -> None:
     for client in clients:
         assert (await exchange(gw.port, "DELETE", "/mcp", client.headers())).status_code in (200, 204)
     await eventually(lambda: not gateway._tasks, message="the upstream sessions were not released")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- client credentials -----------------------------------------------------------------------------
@@ -376,7 +368,7 @@ async def test_an_exchanged_token_is_used_until_it_expires_and_never_past_the_ca
         async with gateway_with(url, tmp_path, session, credential) as (gw, gateway):
             exchange = http_backend(gateway).auth.exchange  # type: ignore[union-attr]
             assert exchange is not None
-            clock = exchange.clock = Clock()
+            clock = exchange.clock = ManualClock()
             alice = Client(gw.port, f"Bearer {jwt_for('alice')}")
             assert (await alice.open()).status_code == 200
             assert said(await alice.call(1))[0] == 200

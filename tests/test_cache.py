@@ -31,7 +31,7 @@ from gateway.policy.admission import Admission, Verdict
 from gateway.policy.cache import CacheAdmission
 from gateway.policy.chain import Chain, build_admission
 from gateway.protocol.jsonrpc import Message, Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response, post_closing
+from tests.support import Child, ManualClock, SERVERS, ScriptedHttp, eventually, handshake_answer, in_process_gateway, post_closing, split_response
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789ab"
@@ -55,16 +55,6 @@ def counting() -> Child:
     child = Child([sys.executable, str(SERVERS / "counting_server.py"), "--port", "0"], "listening on")
     yield child
     child.stop()
-
-
-class FakeClock:
-    """The cache's clock, moved by the test: expiry without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- the gateway in this process, and raw clients ----------------------------------------------
@@ -360,7 +350,7 @@ tools = ["web__calls"]
 
 
 async def test_an_entry_expires_after_its_ttl(counting: Child) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     text = config_text(counting.url, 'tools = ["lookup"]\nttl = 30')
     async with serving(text, CacheAdmission(load_config_text(text, fmt="toml"), clock=clock)) as gw:
         alice = await Caller(gw.port, ALICE).open()
@@ -551,7 +541,7 @@ def hinted(n: int, msg: dict) -> dict[str, Any]:
 
 
 async def test_a_stateless_backends_ttl_and_scope_hints_are_honoured() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     backend = Stateless(hinted)
     async with backend as url:
         text = config_text(url, 'tools = ["hinted"]\nscope = "shared"\nttl = 60')
@@ -650,7 +640,7 @@ class _Ctx:
 
 
 def test_a_leader_whose_outcome_never_comes_is_given_up_after_the_flight_limit() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     cache = CacheAdmission(load_config_text(config_text("http://127.0.0.1:1/mcp", 'tools = ["work"]'), fmt="toml"), clock=clock)
     route = (_Backend(), "work")
     params = {"name": b'"web__work"', "arguments": b"{}"}

@@ -29,7 +29,7 @@ from gateway.policy.chain import build_admission
 from gateway.policy.identity import Principal
 from gateway.policy.limits import LimitsAdmission
 from gateway.protocol.jsonrpc import Message, Raw
-from tests.support import ROOT, Child
+from tests.support import Child, ManualClock, ROOT
 from tests.test_admission import stateless_post
 from tests.test_express import ACCEPT, McpHttp, Response, Scripted, gateway_for
 from tests.test_stdio_front import RawGateway, call
@@ -39,23 +39,13 @@ ALICE = Principal("api-key", "alice")
 BOB = Principal("api-key", "bob")
 
 
-class Clock:
-    """Simulated monotonic seconds: time moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Limited:
     """A ``LimitsAdmission`` compiled from ``[[limits]]`` TOML, with real backends (never started)
     to route to, a request context and a simulated clock."""
 
     def __init__(self, limits: str) -> None:
         config = load_config_text(BACKENDS + limits, fmt="toml")
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.admission = LimitsAdmission(config.limits, clock=self.clock)
         self.backends = {name: create_backend(name, bc, default_timeout=5) for name, bc in config.backends.items()}
         self.ctx = RequestContext("handshake", "2025-11-25", None)

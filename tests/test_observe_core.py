@@ -20,6 +20,7 @@ from gateway.ops.metrics import Metrics
 from gateway.ops.observe import outcome_of
 from gateway.policy.admission import Noted
 from gateway.protocol.jsonrpc import UNSET, Message, Raw
+from tests.support import ManualClock
 
 try:
     from gateway._fast import observe as _observe_c
@@ -39,22 +40,12 @@ class _Backend:
         self.name = name
 
 
-class _Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class _Rig:
     """One core with real metrics, and a record of every hook it called."""
 
     def __init__(self, impl: Any, *, metrics: bool = True, finish: bool = True) -> None:
         self.metrics = Metrics() if metrics else None
-        self.clock = _Clock()
+        self.clock = ManualClock()
         self.finished: list[tuple[Any, ...]] = []
         self.limited: list[BaseException] = []
         self.failures = 0
@@ -106,7 +97,7 @@ def test_an_answered_call_is_counted_once_with_its_duration(impl) -> None:  # ty
     params = {"arguments": Raw(b"{}")}
     verdict = rig.core.admit(None, "ctx", "tools/call", "floor__echo", route, params)
     assert type(verdict) is Noted and verdict.route is None and verdict.error is None and verdict.result is None
-    assert verdict.note == (100.0, params, route)
+    assert verdict.note == (1000.0, params, route)
     assert rig.metrics.in_flight == 1
     rig.clock.now += 0.003  # 3 ms: the 0.005 bucket (index 3 of the defaults)
     answer = Message(id=1, result=Raw(b"{}"))

@@ -30,25 +30,15 @@ from gateway.config import BreakerConfig, load_config_text
 from gateway.errors import BackendTimeout, BackendUnavailable, CircuitOpen
 from gateway.policy.admission import Admission
 from gateway.protocol.jsonrpc import Raw
-from tests.support import in_process_gateway, SERVERS, Child, ScriptedHttp, eventually, handshake_answer, split_response, post_closing
+from tests.support import Child, ManualClock, SERVERS, ScriptedHttp, eventually, handshake_answer, in_process_gateway, post_closing, split_response
 
 ACCEPT = "application/json, text/event-stream"
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- the breaker, on a simulated clock -----------------------------------------------------------
 
 
-def _breaker(clock: Clock, **options: Any) -> Breaker:
+def _breaker(clock: ManualClock, **options: Any) -> Breaker:
     settings = {"failure_ratio": 0.5, "min_calls": 4, "window": 10.0, "open_for": 5.0, "half_open_calls": 1, **options}
     return Breaker("web", BreakerConfig(**settings), clock)
 
@@ -58,7 +48,7 @@ def _retry_after(refusal: pytest.ExceptionInfo[CircuitOpen]) -> str:
 
 
 def test_the_breaker_opens_at_its_ratio_once_min_calls_ended() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = _breaker(clock)
     for outcome in (False, False, True):  # 1 failure of 3 calls: fewer than min_calls
         breaker.ended(breaker.admit(), outcome)
@@ -75,7 +65,7 @@ def test_the_breaker_opens_at_its_ratio_once_min_calls_ended() -> None:
 
 
 def test_failures_older_than_the_window_do_not_count() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = _breaker(clock)
     for _ in range(3):
         breaker.ended(breaker.admit(), True)
@@ -86,7 +76,7 @@ def test_failures_older_than_the_window_do_not_count() -> None:
 
 
 def test_half_open_lets_probes_through_and_a_success_closes() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = _breaker(clock, min_calls=2, half_open_calls=2)
     breaker.ended(breaker.admit(), True)
     breaker.ended(breaker.admit(), True)
@@ -108,7 +98,7 @@ def test_half_open_lets_probes_through_and_a_success_closes() -> None:
 
 
 def test_a_failed_probe_opens_the_circuit_again_for_open_for() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = _breaker(clock, min_calls=1)
     breaker.ended(breaker.admit(), True)
     clock.now += 5
@@ -120,7 +110,7 @@ def test_a_failed_probe_opens_the_circuit_again_for_open_for() -> None:
 
 
 def test_calls_that_end_while_open_do_not_count() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = _breaker(clock, min_calls=2)
     early = breaker.admit()  # started while closed
     breaker.ended(breaker.admit(), True)
@@ -134,7 +124,7 @@ def test_calls_that_end_while_open_do_not_count() -> None:
 
 
 def test_the_budget_allows_the_ratio_of_recent_calls_plus_the_floor() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RetryBudget(0.2, 3, clock)
     assert [budget.spend() for _ in range(4)] == [True, True, True, False]  # the floor alone
     for _ in range(50):
