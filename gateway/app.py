@@ -217,7 +217,7 @@ class Gateway:
         retired ones are drained (calls in flight get ``[server] shutdown_timeout``) and stopped."""
         plan = plan_reload(self.config, config)
         try:
-            admission = build_admission(config)
+            admission = build_admission(config, previous=self.front.admission)
         except ValueError as exc:
             raise ReloadRefused(str(exc)) from None
         await self.telemetry.reconfigure(config)

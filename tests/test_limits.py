@@ -29,7 +29,7 @@ from gateway.policy.chain import build_admission
 from gateway.policy.identity import Principal
 from gateway.policy.limits import LimitsAdmission
 from gateway.protocol.jsonrpc import Message, Raw
-from tests.support import Child, ManualClock, ROOT
+from tests.support import Child, ManualClock, ROOT, in_process_gateway
 from tests.test_admission import stateless_post
 from tests.test_express import ACCEPT, McpHttp, Response, Scripted, gateway_for
 from tests.test_stdio_front import RawGateway, call
@@ -168,6 +168,30 @@ def test_a_refused_call_takes_no_token_of_any_limit() -> None:
     assert wide.calls.store.peek((), limited.clock.now, 0.001, 5) == pytest.approx(3.0)  # 5 - the two admitted
     assert limited.passes(3, name="web__other") == [None] * 3  # "wide" still had its three
     assert isinstance(limited.admit(name="web__other"), RateLimited)
+
+
+def test_a_reload_carries_unchanged_limits_over_and_starts_changed_ones_full() -> None:
+    text = '[[limits]]\nname = "a"\nrate = 0.001\nburst = 1\n[[limits]]\nname = "b"\nrate = 0.001\nburst = 1\n'
+    limited = Limited(text)
+    assert limited.admit() is None
+    assert isinstance(limited.admit(), RateLimited)  # both buckets empty now
+    # The attack this stops: any reload (a --watch on an edited comment) refilling every bucket.
+    same = load_config_text(BACKENDS + text, fmt="toml")
+    again = LimitsAdmission(same.limits, clock=limited.clock, previous=limited.admission)
+    assert again.limits == limited.admission.limits  # the same objects, buckets and counts
+    limited.admission = again
+    assert isinstance(limited.admit(), RateLimited)
+    # The legitimate case: a limit whose entry changed (b's burst) starts with a full bucket;
+    # a unchanged one (a) still refuses, as it did.
+    changed = load_config_text(BACKENDS + text.replace("burst = 1\n", "burst = 3\n").replace(
+        'name = "a"\nrate = 0.001\nburst = 3', 'name = "a"\nrate = 0.001\nburst = 1'), fmt="toml")
+    assert [c.burst for c in changed.limits] == [1, 3]
+    third = LimitsAdmission(changed.limits, clock=limited.clock, previous=again)
+    assert third.limits[0] is again.limits[0] and third.limits[1] is not again.limits[1]
+    limited.admission = third
+    refused = limited.admit()
+    assert isinstance(refused, RateLimited) and refused.extra["limit"] == "a"
+    assert third.limits[0].refused == 3  # the carried limit's count goes on
 
 
 def test_a_refusal_by_bytes_gives_back_the_same_limits_call_token() -> None:
@@ -473,3 +497,23 @@ async def test_the_limiter_admits_rate_times_time_plus_burst(http_backend: Child
     assert set(statuses) == {200, 429}
     assert abs(statuses[200] - expected) <= 0.05 * expected, (statuses, expected)
     assert statuses[429] > statuses[200]  # the callers really asked for more than the rate
+
+
+async def test_a_reload_keeps_an_exhausted_bucket_exhausted(http_backend: Child) -> None:
+    limit = '[[limits]]\nname = "per-caller"\nrate = 0.001\nburst = 2\n'
+
+    def config_with(extra: str) -> Any:
+        text = f"[server]\nport = 0\n[gateway]\nexpress = false\n[backends.web]\nurl = {http_backend.url!r}\n{extra}"
+        return load_config_text(text, fmt="toml")
+
+    async with in_process_gateway(config_with(limit)) as running:
+        caller = Caller(running.url)
+        await caller.open()
+        assert [(await caller.echo(i)).status_code for i in (1, 2)] == [200, 200]
+        refusal(await caller.echo(3))
+        # A reload that leaves the limit alone (a new backend here) must not refill it.
+        await running.gateway.reload(config_with(limit + '[backends.more]\nurl = "http://127.0.0.1:9/mcp"\n'))
+        refusal(await caller.echo(4))
+        # A reload that changes the limit starts it anew: the new burst is there to use.
+        await running.gateway.reload(config_with(limit.replace("burst = 2", "burst = 5")))
+        assert (await caller.echo(5)).status_code == 200

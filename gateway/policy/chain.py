@@ -137,10 +137,11 @@ class Chain(Admission):
         return super().page(principal, ctx, snapshot, method, cursor)
 
 
-def build_admission(config: Config, first: Admission | None = None) -> Admission | None:
+def build_admission(config: Config, first: Admission | None = None, previous: Admission | None = None) -> Admission | None:
     """The admission chain ``config`` asks for: None when it asks for no policy. ``first``: a
     policy put before all the others (the observer, ``gateway.ops.observe``: it sees every
-    request, the ones the others refuse or answer included)."""
+    request, the ones the others refuse or answer included). ``previous``: the running chain,
+    on a reload: what state survives it (unchanged rate limits keep their buckets)."""
     admissions: list[Admission] = [first] if first is not None else []
     if config.rbac is not None:
         from gateway.policy.rbac import RbacAdmission  # only when asked for: nothing more is loaded without it
@@ -160,7 +161,7 @@ def build_admission(config: Config, first: Admission | None = None) -> Admission
     if config.limits:
         from gateway.policy.limits import LimitsAdmission  # after RBAC: a hidden name never counts
 
-        admissions.append(LimitsAdmission(config.limits))
+        admissions.append(LimitsAdmission(config.limits, previous=policy_named(previous, "LimitsAdmission")))
     if any(b.cache is not None for b in config.backends.values() if b.enabled):
         from gateway.policy.cache import CacheAdmission  # last: a refused or limited call is never answered from it
 

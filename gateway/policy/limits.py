@@ -45,6 +45,10 @@ by glob once per name and remembered (a bounded dict), so a call matching no lim
 costs one dict lookup and a call matching one limit one bucket ``take`` per dimension.
 ``observes_outcomes`` is true only when some limit has a bytes dimension.
 
+**Across reloads.** A reload builds a new ``LimitsAdmission`` with the running one as
+``previous``: each ``[[limits]]`` entry that is unchanged keeps its ``Limit`` (buckets and
+refusal count), so reloading never refills anyone's bucket; a changed entry starts full.
+
 **Per worker.** The buckets live in the worker process (``gateway._fast.TokenBuckets``,
 bounded, idle buckets evicted): with ``--workers N`` each worker counts on its own, so a
 client spread over N workers may get up to N times the rate. Exact limits across workers
@@ -225,6 +229,9 @@ class LimitsAdmission(Admission):
     ``clock``: monotonic seconds (``time.monotonic``; tests pass a simulated one).
     ``stores``: where each limit's buckets live (``local_store``: this worker's).
     ``max_names``: how many names' plans are remembered (the memo is emptied when full).
+    ``previous``: the running snapshot's limits, on a reload: a limit whose ``[[limits]]`` entry
+    is unchanged is carried over whole (its buckets and refusal count), so a reload never hands
+    every caller a fresh burst; a changed, new or renamed entry starts with full buckets.
     """
 
     def __init__(
@@ -234,8 +241,12 @@ class LimitsAdmission(Admission):
         clock: Callable[[], float] = time.monotonic,
         stores: StoreFactory = local_store,
         max_names: int = 65536,
+        previous: LimitsAdmission | None = None,
     ) -> None:
-        self.limits = [Limit(limit, stores) for limit in limits]
+        self.configs = list(limits)
+        """The ``[[limits]]`` entries, in order (what a reload compares)."""
+        kept = previous.carried(self.configs) if previous is not None else {}
+        self.limits = [kept.get(index) or Limit(limit, stores) for index, limit in enumerate(self.configs)]
         self.clock = clock
         self.max_names = max_names
         self.observes_outcomes = any(limit.bytes is not None for limit in self.limits)
@@ -243,6 +254,16 @@ class LimitsAdmission(Admission):
         """Exposed name -> its plan (``()``: no limit applies): the glob matching of each name, done once."""
         self._plans_get = self.plans.get
         self._interned: dict[tuple[Limit, ...], Plan] = {}
+
+    def carried(self, configs: Sequence[LimitConfig]) -> dict[int, Limit]:
+        """This snapshot's ``Limit`` for each of ``configs`` (by index) whose entry it has unchanged."""
+        out: dict[int, Limit] = {}
+        for index, config in enumerate(configs):
+            for mine, limit in zip(self.configs, self.limits):
+                if mine == config and limit not in out.values():
+                    out[index] = limit
+                    break
+        return out
 
     def state(self) -> list[dict[str, Any]]:
         """Each limit's refusals and buckets in use (``GET /admin/limits``), in config order."""
