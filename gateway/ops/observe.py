@@ -136,7 +136,7 @@ class Observer(Admission):
             "backend": backend or None,
             "decision": "deny" if outcome in ("refused", "limited") else "allow",
             "outcome": outcome,
-            "latency_ms": round(seconds * 1000.0, 3),
+            "latency_ms": int(seconds * 1e6) / 1000,  # whole microseconds (round() costs twice as much)
             "bytes_in": sum(map(len, params.values())) if params else 0,
             "bytes_out": len(answer.result) if answer is not None and answer.result is not UNSET else 0,
         }
