@@ -22,8 +22,8 @@ from mcp import Client, types
 from gateway.backends.base import BackendState
 from gateway.backends.replicas import ReplicaSet
 from gateway.config import BackendConfig
-from tests.support import SERVERS, Child, eventually
-from tests.test_resilience import FIVE_OH_THREE, Backend, Clock, McpClient, ok, running
+from tests.support import SERVERS, Child, ManualClock, eventually
+from tests.test_resilience import FIVE_OH_THREE, Backend, McpClient, ok, running
 
 
 def replica(label: str, port: int = 0) -> Child:
@@ -52,7 +52,7 @@ async def _whoami(client: McpClient, request_id: int = 1) -> dict:
 
 
 def test_the_pick_is_the_least_outstanding_ready_replica_not_ejected() -> None:
-    clock = Clock()
+    clock = ManualClock()
     urls = [f"http://127.0.0.1:{port}/mcp" for port in (1001, 1002, 1003)]
     replicas = ReplicaSet("web", BackendConfig(urls=urls, eject_for=5.0), clock=clock)
     a, b, c = replicas.replicas
