@@ -38,7 +38,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 TARGETS = ("direct", "floor", "gateway")
-SCENARIOS = ("call", "call_stateless", "call_64k", "list_250", "stdio", "churn", "call_auth", "call_limited", "call_cached")
+SCENARIOS = (
+    "call", "call_stateless", "call_64k", "list_250", "stdio", "churn", "call_auth", "call_limited", "call_cached",
+    "call_metrics", "call_observed",
+)
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TICK = os.sysconf("SC_CLK_TCK")
 # The line every server of the harness prints once it accepts connections (the gateway's included).
@@ -202,6 +205,14 @@ class Stack:
             from benchmarks.instructions import CACHE_ECHO
 
             config.write_text(config.read_text() + CACHE_ECHO)
+        elif scenario == "call_metrics":  # [metrics]: the observer counts every call
+            from benchmarks.instructions import METRICS
+
+            config.write_text(config.read_text() + METRICS)
+        elif scenario == "call_observed":  # [metrics] and a keyed [audit]: a chained record per call, on this CPU's SHA
+            from benchmarks.instructions import OBSERVED
+
+            config.write_text(config.read_text() + OBSERVED.format(path=workdir / f"{scenario}-audit.jsonl"))
         if scenario == "call_auth":  # a JWT and 20 RBAC rules; every target gets the same header bytes
             from benchmarks.auth_setup import auth_setup
 
