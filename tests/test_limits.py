@@ -182,9 +182,9 @@ def test_a_reload_carries_unchanged_limits_over_and_starts_changed_ones_full() -
     limited.admission = again
     assert isinstance(limited.admit(), RateLimited)
     # The legitimate case: a limit whose entry changed (b's burst) starts with a full bucket;
-    # a unchanged one (a) still refuses, as it did.
-    changed = load_config_text(BACKENDS + text.replace("burst = 1\n", "burst = 3\n").replace(
-        'name = "a"\nrate = 0.001\nburst = 3', 'name = "a"\nrate = 0.001\nburst = 1'), fmt="toml")
+    # an unchanged one (a) still refuses, as it did.
+    changed_text = '[[limits]]\nname = "a"\nrate = 0.001\nburst = 1\n[[limits]]\nname = "b"\nrate = 0.001\nburst = 3\n'
+    changed = load_config_text(BACKENDS + changed_text, fmt="toml")
     assert [c.burst for c in changed.limits] == [1, 3]
     third = LimitsAdmission(changed.limits, clock=limited.clock, previous=again)
     assert third.limits[0] is again.limits[0] and third.limits[1] is not again.limits[1]

@@ -2,8 +2,8 @@
 
 ``Metrics`` keeps what the gateway counts itself in ints, dicts and the compiled counters of
 ``gateway._fast`` (``Series``, ``Histogram``, ``Count``: C fields the observer's compiled core
-increments), and touches no ``prometheus_client`` object per request: no metric child, no lock (each worker process runs
-one event loop, and every increment happens on it). ``collect()``, called by
+increments), and touches no ``prometheus_client`` object per request: no metric child, no
+lock (each worker process runs one event loop, and every increment happens on it). ``collect()``, called by
 ``render()`` through the registry, turns those numbers into ``CounterMetricFamily``,
 ``GaugeMetricFamily`` and ``HistogramMetricFamily`` objects for that one scrape. Each
 ``Metrics`` has its own ``CollectorRegistry``: tests and several gateways in one process never
@@ -194,8 +194,8 @@ class Metrics(Collector):
         self._requests: dict[tuple[str, str, str, str], Series] = {}
         """The series by their bounded labels (what a scrape shows)."""
         self.series: dict[tuple[str, str, str, str], Series] = {}
-        """The same series by the labels as given: what ``request`` looks up (and the observer,
-        which inlines ``request``: a get here, ``new_series`` when it misses)."""
+        """The same series by the labels as given: what ``request`` looks up (and the observer's
+        compiled core, which does ``request``'s work itself: a get here, ``new_series`` when it misses)."""
         self._durations: dict[str, Histogram] = {}
         self._limiter: dict[str, int] = {}
         self._auth: dict[str, int] = {}

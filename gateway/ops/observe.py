@@ -87,7 +87,6 @@ class Observer(Admission):
         self.metrics = metrics
         self.audit = audit
         self.access = access
-        self.clock = clock
         self.trace_of = trace_of
         self.worker = os.environ.get("MCP_GATEWAY_WORKER")
         self._next = 0

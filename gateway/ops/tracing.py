@@ -73,8 +73,8 @@ __all__ = [
     "TraceParent",
     "Tracer",
     "format_traceparent",
-    "parse_traceparent",
     "parse_baggage",
+    "parse_traceparent",
     "parse_tracestate",
     "tracer_for",
 ]
@@ -192,6 +192,7 @@ MAX_BAGGAGE_MEMBERS = 64
 """Most baggage list members passed on (the spec's minimum to propagate); later ones are dropped."""
 MAX_BAGGAGE = 8192
 """Most bytes of baggage passed on (the spec's minimum); whole members past it are dropped."""
+_MAX_BAGGAGE_INPUT = 64 * 1024  # a longer header is not parsed at all (dropped as invalid)
 
 
 def parse_baggage(value: object) -> str | None:
@@ -202,7 +203,7 @@ def parse_baggage(value: object) -> str | None:
     members are kept in order, whole, while they fit in 64 members and 8,192 bytes (the spec
     lets a hop drop members past its limits, never part of one). Empty members are dropped;
     the result is re-joined with ``,``."""
-    if not isinstance(value, str) or len(value) > 8 * MAX_BAGGAGE:
+    if not isinstance(value, str) or len(value) > _MAX_BAGGAGE_INPUT:
         return None
     members: list[str] = []
     size = -1  # the separators: one fewer than the members

@@ -256,13 +256,14 @@ class LimitsAdmission(Admission):
         self._interned: dict[tuple[Limit, ...], Plan] = {}
 
     def carried(self, configs: Sequence[LimitConfig]) -> dict[int, Limit]:
-        """This snapshot's ``Limit`` for each of ``configs`` (by index) whose entry it has unchanged."""
+        """This snapshot's ``Limit`` for each of ``configs`` (by index) whose entry it has
+        unchanged (``[[limits]]`` names are unique, so the name finds the entry to compare)."""
+        mine = {config.name: (config, limit) for config, limit in zip(self.configs, self.limits)}
         out: dict[int, Limit] = {}
         for index, config in enumerate(configs):
-            for mine, limit in zip(self.configs, self.limits):
-                if mine == config and limit not in out.values():
-                    out[index] = limit
-                    break
+            found = mine.get(config.name)
+            if found is not None and found[0] == config:
+                out[index] = found[1]
         return out
 
     def state(self) -> list[dict[str, Any]]:
