@@ -24,6 +24,38 @@ SERVERS = ROOT / "tests" / "servers"
 EVERYTHING = ROOT / "node_modules" / ".bin" / "mcp-server-everything"
 
 
+def compiled_loaded(module: str, *exported: str) -> Any:
+    """``gateway._fast.<module>`` as the built extension, checked: the selector chose the compiled
+    modules and exports each of ``exported`` from this one. Skips the test under
+    ``GATEWAY_NO_EXTENSIONS=1``, which forces the pure-Python twins."""
+    import importlib
+
+    import pytest
+
+    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
+        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
+    try:
+        compiled = importlib.import_module(f"gateway._fast.{module}")
+    except ImportError as exc:
+        raise AssertionError(f"gateway._fast.{module} did not load: build it (pip install -e . / make build)") from exc
+    selector = importlib.import_module("gateway._fast")
+    assert selector.USING_EXTENSIONS
+    assert compiled.__file__.endswith((".so", ".pyd")), compiled.__file__
+    for name in exported:
+        assert getattr(selector, name).__module__ == f"gateway._fast.{module}", name
+    return compiled
+
+
+def selected_without_extensions(*exported: str) -> list[str]:
+    """With ``GATEWAY_NO_EXTENSIONS=1``, in a new interpreter: ``USING_EXTENSIONS`` and the module
+    each of ``exported`` comes from, as printed words (``["False", "gateway._fast._lru_py"]``)."""
+    names = ", ".join(f"f.{name}.__module__" for name in exported)
+    code = f"import gateway._fast as f; print(f.USING_EXTENSIONS, {names})"
+    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
 class ManualClock:
     """A monotonic clock the test moves by hand (``clock.now += seconds``): time passes only when
     a test says so, so nothing waits and nothing races."""

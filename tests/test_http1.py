@@ -3,7 +3,6 @@ on everything they accept, leave everything unusual to httptools, and the compil
 
 from __future__ import annotations
 
-import os
 
 import httptools
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 import gateway._fast
 from gateway._fast import _http1_py
+from tests.support import compiled_loaded
 
 try:
     from gateway._fast import http1 as _http1_c
@@ -37,10 +37,7 @@ def impl(request):  # type: ignore[no-untyped-def]
 
 
 def test_compiled_parser_loaded() -> None:
-    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
-    assert gateway._fast.parse_request.__module__ == "gateway._fast.http1"
-    assert _http1_c is not None and _http1_c.__file__.endswith((".so", ".pyd"))
+    compiled_loaded("http1", "parse_request", "parse_response", "keep_alive")
 
 
 def test_plain_request(impl) -> None:  # type: ignore[no-untyped-def]

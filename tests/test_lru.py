@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import msgspec
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 
 import gateway._fast
 from gateway._fast import _lru_py
+from tests.support import compiled_loaded, selected_without_extensions
 
 try:
     from gateway._fast import lru as _lru_c
@@ -44,19 +43,12 @@ def counters(cache) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def
 
 
 def test_compiled_lru_loaded() -> None:
-    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
-    assert gateway._fast.USING_EXTENSIONS, "gateway._fast.lru did not load: build it (pip install -e . / make build)"
-    assert gateway._fast.LRU.__module__ == "gateway._fast.lru"
-    assert gateway._fast.cache_key is gateway._fast.lru.cache_key
-    assert gateway._fast.lru.__file__.endswith((".so", ".pyd"))
+    compiled = compiled_loaded("lru", "LRU", "cache_key")
+    assert gateway._fast.cache_key is compiled.cache_key
 
 
 def test_selector_honours_no_extensions() -> None:
-    code = "import gateway._fast as f; print(f.LRU.__module__, f.cache_key.__module__)"
-    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["gateway._fast._lru_py", "gateway._fast._lru_py"]
+    assert selected_without_extensions("LRU", "cache_key") == ["False", "gateway._fast._lru_py", "gateway._fast._lru_py"]
 
 
 def test_same_overhead() -> None:

@@ -4,8 +4,6 @@ test_metrics.py, test_audit.py and test_observability.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from typing import Any
 
@@ -20,7 +18,7 @@ from gateway.ops.metrics import Metrics
 from gateway.ops.observe import outcome_of
 from gateway.policy.admission import Noted
 from gateway.protocol.jsonrpc import UNSET, Message, Raw
-from tests.support import ManualClock
+from tests.support import ManualClock, compiled_loaded, selected_without_extensions
 
 try:
     from gateway._fast import observe as _observe_c
@@ -75,19 +73,11 @@ def impl(request):  # type: ignore[no-untyped-def]
 
 
 def test_compiled_observe_loaded() -> None:
-    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
-    assert _observe_c is not None, "gateway._fast.observe did not load: build it (pip install -e . / make build)"
-    assert gateway._fast.USING_EXTENSIONS
-    assert gateway._fast.ObserverCore.__module__ == "gateway._fast.observe"
-    assert _observe_c.__file__.endswith((".so", ".pyd"))
+    compiled_loaded("observe", "ObserverCore", "Series", "Histogram", "Count")
 
 
 def test_selector_honours_no_extensions() -> None:
-    code = "import gateway._fast as f; print(f.ObserverCore.__module__)"
-    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["gateway._fast._observe_py"]
+    assert selected_without_extensions("ObserverCore", "Histogram") == ["False"] + ["gateway._fast._observe_py"] * 2
 
 
 def test_an_answered_call_is_counted_once_with_its_duration(impl) -> None:  # type: ignore[no-untyped-def]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gateway._fast
 from gateway._fast import _ratelimit_py
+from tests.support import compiled_loaded, selected_without_extensions
 
 try:
     from gateway._fast import ratelimit as _ratelimit_c
@@ -33,20 +30,12 @@ def impl(request):  # type: ignore[no-untyped-def]
 
 
 def test_compiled_ratelimit_loaded() -> None:
-    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
-    assert _ratelimit_c is not None, "gateway._fast.ratelimit did not load: build it (pip install -e . / make build)"
-    assert gateway._fast.USING_EXTENSIONS
-    assert gateway._fast.TokenBuckets.__module__ == "gateway._fast.ratelimit"
-    assert _ratelimit_c.__file__.endswith((".so", ".pyd"))
-    assert _ratelimit_c.WAIT_PAD == _ratelimit_py.WAIT_PAD
+    compiled = compiled_loaded("ratelimit", "TokenBuckets")
+    assert compiled.WAIT_PAD == _ratelimit_py.WAIT_PAD
 
 
 def test_selector_honours_no_extensions() -> None:
-    code = "import gateway._fast as f; print(f.USING_EXTENSIONS, f.TokenBuckets.__module__)"
-    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "gateway._fast._ratelimit_py"]
+    assert selected_without_extensions("TokenBuckets") == ["False", "gateway._fast._ratelimit_py"]
 
 
 def test_burst_then_refusal_with_the_right_wait(impl) -> None:  # type: ignore[no-untyped-def]

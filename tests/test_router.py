@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gateway._fast
 from gateway._fast import _router_py
+from tests.support import compiled_loaded, selected_without_extensions
 
 try:
     from gateway._fast import router as _router_c
@@ -29,18 +26,11 @@ def impl(request):  # type: ignore[no-untyped-def]
 
 
 def test_compiled_router_loaded() -> None:
-    if os.environ.get("GATEWAY_NO_EXTENSIONS") == "1":
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1 forces the pure-Python twin")
-    assert gateway._fast.USING_EXTENSIONS, "gateway._fast.router did not load: build it (pip install -e . / make build)"
-    assert gateway._fast.Router.__module__ == "gateway._fast.router"
-    assert gateway._fast.router.__file__.endswith((".so", ".pyd"))
+    compiled_loaded("router", "Router")
 
 
 def test_selector_honours_no_extensions() -> None:
-    code = "import gateway._fast as f; print(f.USING_EXTENSIONS, f.Router.__module__)"
-    env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "gateway._fast._router_py"]
+    assert selected_without_extensions("Router") == ["False", "gateway._fast._router_py"]
 
 
 def test_tools_and_prompts(impl) -> None:  # type: ignore[no-untyped-def]
